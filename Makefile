@@ -1,0 +1,52 @@
+# Forest Cover MLOps platform. `make test` installs what it needs and runs everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOCK_STAMP := $(VENV)/.installed-dev
+
+.PHONY: help bootstrap venv test test-only lint lock bench up down data-api clean
+
+help:
+	@echo "make test       install Debian packages + dev venv (needs root on a fresh machine), run every test"
+	@echo "make lint       ruff"
+	@echo "make lock       regenerate requirements/*.lock.txt (needs uv)"
+	@echo "make bench      run benchmarks/ and print the numbers"
+	@echo "make data-api   run the batch data API on :8001 from the dev venv"
+	@echo "make up / down  local platform machine (not built yet, see README)"
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+$(LOCK_STAMP): requirements/dev.lock.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> installing the dev venv from requirements/dev.lock.txt"
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q --require-hashes -r requirements/dev.lock.txt
+	@touch $@
+
+venv: bootstrap $(LOCK_STAMP)
+
+test: venv lint test-only
+
+test-only:
+	$(PY) -m pytest
+
+lint: $(LOCK_STAMP)
+	$(VENV)/bin/ruff check app ui dags tests benchmarks
+	$(VENV)/bin/ruff format --check app ui dags tests benchmarks
+
+lock:
+	scripts/lock.sh
+
+bench: venv
+	$(PY) benchmarks/data_api_bench.py
+
+data-api: $(LOCK_STAMP)
+	$(PY) -m app.data_api
+
+up down:
+	@echo "make $@: the local platform machine is not built yet (issue 5). See README."; exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,0 +1,278 @@
+"""Throwaway real servers for the tests: PostgreSQL, a MySQL-compatible server, an S3 server.
+
+Each runs from the Debian packages' binaries in its own temporary directory on a free loopback
+port and is stopped (and its directory removed) when the test session ends. PostgreSQL and
+MariaDB refuse to run as root, so as root they run as the packages' own system users.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise ServerStartError(f"{what} did not come up within {timeout:.0f}s\n{tail}")
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run_as(user: str | None) -> dict[str, object]:
+    """subprocess kwargs that drop root to `user` (no-op when not root)."""
+    if user is None or os.geteuid() != 0:
+        return {}
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def _chown_tree(path: Path, user: str | None) -> None:
+    if user is None or os.geteuid() != 0:
+        return
+    pw = pwd.getpwnam(user)
+    for p in [path, *path.rglob("*")]:
+        os.chown(p, pw.pw_uid, pw.pw_gid)
+
+
+def _postgres_bindir() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    if found:
+        return found[-1].parent
+    which = shutil.which("initdb")
+    if which:
+        return Path(which).resolve().parent
+    raise ServerStartError("PostgreSQL server binaries not found: install the Debian package 'postgresql'")
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    datadir: Path
+    bindir: Path
+    user: str = "postgres"
+
+    def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+        auth = user or self.user
+        if password:
+            auth += f":{password}"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn())
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.dsn(name)
+
+
+@contextlib.contextmanager
+def postgres_server(base: Path) -> Iterator[PostgresServer]:
+    bindir = _postgres_bindir()
+    os_user = "postgres" if os.geteuid() == 0 else None
+    base.mkdir(parents=True, exist_ok=True)
+    datadir, sockdir, log = base / "data", base / "sock", base / "postgres.log"
+    sockdir.mkdir()
+    log.touch()
+    _chown_tree(base, os_user)
+    port = free_port()
+    subprocess.run(
+        [bindir / "initdb", "-D", datadir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        check=True,
+        capture_output=True,
+        **_run_as(os_user),
+    )
+    opts = f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    subprocess.run(
+        [bindir / "pg_ctl", "-D", datadir, "-l", log, "-o", opts, "-w", "-t", "60", "start"],
+        check=True,
+        capture_output=True,
+        **_run_as(os_user),
+    )
+    server = PostgresServer(port=port, datadir=datadir, bindir=bindir)
+    try:
+        yield server
+    finally:
+        subprocess.run(
+            [bindir / "pg_ctl", "-D", datadir, "-m", "immediate", "stop"],
+            capture_output=True,
+            **_run_as(os_user),
+        )
+
+
+@dataclass
+class MySQLServer:
+    port: int
+    socket: Path
+    root_password: str
+
+    def url(self, database: str, user: str = "root", password: str | None = None) -> str:
+        pw = self.root_password if password is None and user == "root" else (password or "")
+        return f"mysql+pymysql://{user}:{pw}@127.0.0.1:{self.port}/{database}?charset=utf8mb4"
+
+    def connect(self, database: str | None = None):  # noqa: ANN201 - pymysql connection
+        import pymysql
+
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            password=self.root_password,
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+        )
+
+    def create_database(self, name: str, user: str, password: str) -> None:
+        conn = self.connect()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+            cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            cur.execute("CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s", (user, password))
+            cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@'127.0.0.1'", (user,))
+        conn.close()
+
+
+def _mysql_binaries() -> tuple[str, str]:
+    server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or shutil.which("mysqld", path="/usr/sbin:/usr/bin")
+    install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
+    if not server or not install:
+        raise ServerStartError("MariaDB/MySQL server binaries not found: install the Debian package 'mariadb-server'")
+    return server, install
+
+
+@contextlib.contextmanager
+def mysql_server(base: Path, root_password: str) -> Iterator[MySQLServer]:
+    server_bin, install_bin = _mysql_binaries()
+    os_user = "mysql" if os.geteuid() == 0 else None
+    base.mkdir(parents=True, exist_ok=True)
+    datadir, sock, log = base / "data", base / "mysqld.sock", base / "mysqld.log"
+    datadir.mkdir()
+    _chown_tree(base, os_user)
+    port = free_port()
+    common = [f"--datadir={datadir}"]
+    subprocess.run(
+        [install_bin, "--no-defaults", *common, "--auth-root-authentication-method=normal", "--skip-test-db"],
+        check=True,
+        capture_output=True,
+        **_run_as(os_user),
+    )
+    proc = subprocess.Popen(
+        [
+            server_bin,
+            "--no-defaults",
+            *common,
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={sock}",
+            f"--pid-file={base / 'mysqld.pid'}",
+            f"--log-error={log}",
+            "--skip-name-resolve",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_bin",
+            "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-doublewrite=0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **_run_as(os_user),
+    )
+    try:
+        wait_for(lambda: sock.exists() and port_open(port), "MariaDB", log=log)
+        # A fresh datadir has a passwordless root on the socket only; give it a password for TCP.
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=str(sock), user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'")
+            cur.execute("ALTER USER 'root'@'127.0.0.1' IDENTIFIED BY %s", (root_password,))
+            cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+        conn.close()
+        yield MySQLServer(port=port, socket=sock, root_password=root_password)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class S3Server:
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def client(self):  # noqa: ANN201 - boto3 client
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+        )
+
+    def env(self) -> dict[str, str]:
+        """The variables an S3 client (MLflow's artifact proxy, boto3) reads."""
+        return {
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+
+@contextlib.contextmanager
+def s3_server(base: Path, access_key: str, secret_key: str) -> Iterator[S3Server]:
+    """moto's standalone S3-compatible HTTP server, in MinIO's place (MinIO's binary cannot be
+    downloaded on our machines). It speaks the S3 REST API over HTTP like MinIO does."""
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = base / "s3.log"
+    moto = Path(sys.executable).parent / "moto_server"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: port_open(port), "S3 server (moto)", log=log)
+        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}", access_key=access_key, secret_key=secret_key)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
