@@ -30,7 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0, log: Path | None = None) -> None:
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float = 60.0, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
@@ -64,13 +66,17 @@ def _chown_tree(path: Path, user: str | None) -> None:
 
 
 def _postgres_bindir() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+    )
     if found:
         return found[-1].parent
     which = shutil.which("initdb")
     if which:
         return Path(which).resolve().parent
-    raise ServerStartError("PostgreSQL server binaries not found: install the Debian package 'postgresql'")
+    raise ServerStartError(
+        "PostgreSQL server binaries not found: install the Debian package 'postgresql'"
+    )
 
 
 @dataclass
@@ -80,7 +86,9 @@ class PostgresServer:
     bindir: Path
     user: str = "postgres"
 
-    def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+    def dsn(
+        self, dbname: str = "postgres", user: str | None = None, password: str | None = None
+    ) -> str:
         auth = user or self.user
         if password:
             auth += f":{password}"
@@ -109,12 +117,24 @@ def postgres_server(base: Path) -> Iterator[PostgresServer]:
     _chown_tree(base, os_user)
     port = free_port()
     subprocess.run(
-        [bindir / "initdb", "-D", datadir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        [
+            bindir / "initdb",
+            "-D",
+            datadir,
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
         check=True,
         capture_output=True,
         **_run_as(os_user),
     )
-    opts = f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    opts = (
+        f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    )
     subprocess.run(
         [bindir / "pg_ctl", "-D", datadir, "-l", log, "-o", opts, "-w", "-t", "60", "start"],
         check=True,
@@ -160,16 +180,22 @@ class MySQLServer:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-            cur.execute("CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s", (user, password))
+            cur.execute(
+                "CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s", (user, password)
+            )
             cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@'127.0.0.1'", (user,))
         conn.close()
 
 
 def _mysql_binaries() -> tuple[str, str]:
-    server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or shutil.which("mysqld", path="/usr/sbin:/usr/bin")
+    server = shutil.which("mariadbd", path="/usr/sbin:/usr/bin") or shutil.which(
+        "mysqld", path="/usr/sbin:/usr/bin"
+    )
     install = shutil.which("mariadb-install-db") or shutil.which("mysql_install_db")
     if not server or not install:
-        raise ServerStartError("MariaDB/MySQL server binaries not found: install the Debian package 'mariadb-server'")
+        raise ServerStartError(
+            "MariaDB/MySQL server binaries not found: install the Debian package 'mariadb-server'"
+        )
     return server, install
 
 
@@ -184,7 +210,13 @@ def mysql_server(base: Path, root_password: str) -> Iterator[MySQLServer]:
     port = free_port()
     common = [f"--datadir={datadir}"]
     subprocess.run(
-        [install_bin, "--no-defaults", *common, "--auth-root-authentication-method=normal", "--skip-test-db"],
+        [
+            install_bin,
+            "--no-defaults",
+            *common,
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+        ],
         check=True,
         capture_output=True,
         **_run_as(os_user),
@@ -266,10 +298,14 @@ def s3_server(base: Path, access_key: str, secret_key: str) -> Iterator[S3Server
     log = base / "s3.log"
     moto = Path(sys.executable).parent / "moto_server"
     with log.open("wb") as out:
-        proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         wait_for(lambda: port_open(port), "S3 server (moto)", log=log)
-        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}", access_key=access_key, secret_key=secret_key)
+        yield S3Server(
+            endpoint_url=f"http://127.0.0.1:{port}", access_key=access_key, secret_key=secret_key
+        )
     finally:
         proc.terminate()
         try:

@@ -24,7 +24,11 @@ def test_mysql_database_is_utf8mb4(mysql: MySQLServer) -> None:
     import pymysql
 
     conn = pymysql.connect(
-        host="127.0.0.1", port=mysql.port, user="mlflowuser", password=password, database="mlflow_db_check"
+        host="127.0.0.1",
+        port=mysql.port,
+        user="mlflowuser",
+        password=password,
+        database="mlflow_db_check",
     )
     with conn.cursor() as cur:
         cur.execute("SELECT @@character_set_database, VERSION()")

@@ -1,0 +1,1 @@
+"""The batch store schema as numbered SQL files (a package so that wheels ship them)."""
