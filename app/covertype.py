@@ -44,13 +44,47 @@ NUMERIC_RANGES: Final[dict[str, tuple[int, int]]] = {
 WILDERNESS_AREAS: Final[tuple[str, ...]] = ("Rawah", "Neota", "Commanche", "Cache")
 
 # USFS ELU codes of UCI's Soil_Type1..40, in that order, prefixed with "C" as in the course data.
-SOIL_TYPES: Final[tuple[str, ...]] = tuple(
-    f"C{code}"
-    for code in (
-        "2702 2703 2704 2705 2706 2717 3501 3502 4201 4703 4704 4744 4758 5101 5151 6101 "
-        "6102 6731 7101 7102 7103 7201 7202 7700 7701 7702 7709 7710 7745 7746 7755 7756 "
-        "7757 7790 8703 8707 8708 8771 8772 8776"
-    ).split()
+SOIL_TYPES: Final[tuple[str, ...]] = (
+    "C2702",
+    "C2703",
+    "C2704",
+    "C2705",
+    "C2706",
+    "C2717",
+    "C3501",
+    "C3502",
+    "C4201",
+    "C4703",
+    "C4704",
+    "C4744",
+    "C4758",
+    "C5101",
+    "C5151",
+    "C6101",
+    "C6102",
+    "C6731",
+    "C7101",
+    "C7102",
+    "C7103",
+    "C7201",
+    "C7202",
+    "C7700",
+    "C7701",
+    "C7702",
+    "C7709",
+    "C7710",
+    "C7745",
+    "C7746",
+    "C7755",
+    "C7756",
+    "C7757",
+    "C7790",
+    "C8703",
+    "C8707",
+    "C8708",
+    "C8771",
+    "C8772",
+    "C8776",
 )
 
 COVER_TYPES: Final[dict[int, str]] = {
