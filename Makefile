@@ -45,8 +45,18 @@ bench: venv
 data-api: $(LOCK_STAMP)
 	$(PY) -m app.data_api
 
-up down:
-	@echo "make $@: the local platform machine is not built yet (issue 5). See README."; exit 1
+# Local platform machine (scripts/machine.sh): Debian 13 in systemd-nspawn, provisioned by
+# ansible/site.yml. PURGE=1 make down also deletes its disk.
+.PHONY: lint-ansible
+up: $(LOCK_STAMP)
+	@scripts/machine.sh up
+
+down:
+	@scripts/machine.sh down
+
+lint-ansible: $(LOCK_STAMP)
+	cd ansible && ../$(VENV)/bin/yamllint -s .
+	cd ansible && ANSIBLE_CONFIG=ansible.cfg ../$(VENV)/bin/ansible-lint --profile production site.yml roles
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# The local platform machine: a Debian 13 (trixie) systemd-nspawn container that shares the
+# host's network, provisioned over SSH by ansible/site.yml like any VM.
+#
+#   scripts/machine.sh up       build (first time) + boot + provision + health check + URLs
+#   scripts/machine.sh down     stop it; its disk is kept (PURGE=1 deletes it)
+#   scripts/machine.sh status   is it running, and mlops-status inside it
+#   scripts/machine.sh ssh [CMD]
+#
+# Needs root and Linux; installs debootstrap and systemd-container with apt when missing.
+# Knobs (environment):
+#   MINIO_BINARY=/path/to/minio   run a real MinIO inside the machine from this binary. Without
+#                                 it, an S3-compatible test server (moto_server from the dev
+#                                 venv) runs on the host at 127.0.0.1:9000 in MinIO's place:
+#                                 MinIO cannot be downloaded on hosts without GitHub access.
+#   PURGE=1                       with `down`: delete the machine's disk (next `up` is fresh).
+#   MLOPS_CACHE=/var/cache/forest-cover-mlops   pristine rootfs, pip and apt caches.
+#   DEBIAN_MIRROR=http://deb.debian.org/debian
+set -Eeuo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+name=mlops-local
+cache="${MLOPS_CACHE:-/var/cache/forest-cover-mlops}"
+pristine="$cache/rootfs-trixie"
+state="${MACHINE_DIR:-$repo/var/machine}"
+rootfs="$state/rootfs"
+logs="$state/logs"
+key="$state/ssh/id_ed25519"
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+ssh_port=2222
+s3_port=9000
+venv="$repo/.venv"
+nspawn_pid_file="$state/nspawn.pid"
+s3_pid_file="$state/s3-server.pid"
+# Ports the machine's services take on the host's network (it shares it).
+service_ports=(2222 5432 3306 5000 8080 8793 8794)
+
+step_name="start"
+step_log=""
+t0=$(date +%s)
+
+say() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+step() { step_name="$1"; step_log="${2:-}"; say "$1"; }
+on_error() {
+    local rc=$?
+    printf '\nmachine.sh: step "%s" failed (exit %s).\n' "$step_name" "$rc" >&2
+    [ -n "$step_log" ] && printf 'Its log: %s  (tail -n 50 %s)\n' "$step_log" "$step_log" >&2
+    printf 'Machine console log: %s/nspawn.log\n' "$logs" >&2
+    exit "$rc"
+}
+trap on_error ERR
+die() { printf 'machine.sh: %s\n' "$*" >&2; exit 1; }
+elapsed() { echo $(( $(date +%s) - $1 )); }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+machine_running() { pid_alive "$nspawn_pid_file"; }
+port_busy() { ss -Htln "sport = :$1" | grep -q .; }
+
+ssh_machine() {
+    ssh -i "$key" -p "$ssh_port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        -o LogLevel=ERROR -o ConnectTimeout=5 -o BatchMode=yes root@127.0.0.1 "$@"
+}
+
+preflight() {
+    step "checking the host"
+    [ "$(uname -s)" = Linux ] || die "needs Linux"
+    [ "$(id -u)" = 0 ] || die "needs root (debootstrap and systemd-nspawn)"
+    [ -x "$venv/bin/ansible-playbook" ] || die "the dev venv is missing: run 'make venv' first"
+    local need=()
+    command -v debootstrap >/dev/null || need+=(debootstrap)
+    command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+    command -v ssh >/dev/null || need+=(openssh-client)
+    if [ ${#need[@]} -gt 0 ]; then
+        step "installing ${need[*]}" "$logs/apt-host.log"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >"$logs/apt-host.log" 2>&1 \
+            || { apt-get update -q >>"$logs/apt-host.log" 2>&1 \
+                 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >>"$logs/apt-host.log" 2>&1; }
+    fi
+}
+
+build_pristine() {
+    [ -f "$pristine/.complete" ] && return 0
+    step "building the Debian 13 rootfs with debootstrap (cached in $pristine)" "$logs/debootstrap.log"
+    local t; t=$(date +%s)
+    rm -rf "$pristine.tmp"
+    mkdir -p "$cache"
+    debootstrap --variant=minbase \
+        --include=systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,ca-certificates,sudo,iproute2,procps,less \
+        trixie "$pristine.tmp" "$mirror" >"$logs/debootstrap.log" 2>&1
+    touch "$pristine.tmp/.complete"
+    rm -rf "$pristine"
+    mv "$pristine.tmp" "$pristine"
+    note "debootstrap took $(elapsed "$t") s"
+}
+
+make_rootfs() {
+    [ -f "$rootfs/.complete" ] && { note "reusing the machine's disk $rootfs (PURGE=1 make down for a fresh one)"; return 0; }
+    step "creating the machine's disk from the pristine rootfs" "$logs/rootfs.log"
+    rm -rf "$rootfs"
+    cp -a --reflink=auto "$pristine" "$rootfs"
+    rm -f "$rootfs/.complete"
+    mkdir -p "$(dirname "$key")"
+    [ -f "$key" ] || ssh-keygen -q -t ed25519 -N '' -C "mlops-local machine" -f "$key"
+    {
+        echo "$name" >"$rootfs/etc/hostname"
+        printf '127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost ip6-loopback\n' "$name" >"$rootfs/etc/hosts"
+        rm -f "$rootfs/etc/apt/sources.list"
+        cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: trixie trixie-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: ${mirror%/debian}/debian-security
+Suites: trixie-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+        # sshd on the host's loopback, port 2222, key only: the machine shares the host's network.
+        cat >"$rootfs/etc/ssh/sshd_config.d/mlops-local.conf" <<EOF
+Port $ssh_port
+ListenAddress 127.0.0.1
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+EOF
+        install -d -m 0700 "$rootfs/root/.ssh"
+        install -m 0600 "$key.pub" "$rootfs/root/.ssh/authorized_keys"
+        # A fresh host key per machine instead of the pristine copy's.
+        rm -f "$rootfs"/etc/ssh/ssh_host_*
+        chroot "$rootfs" ssh-keygen -A
+        # Services that would act on the host's shared network or clock stay off.
+        for unit in systemd-networkd.service systemd-resolved.service systemd-timesyncd.service; do
+            ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
+        done
+        touch "$rootfs/.complete"
+    } >"$logs/rootfs.log" 2>&1
+}
+
+start_s3() {
+    if [ -n "${MINIO_BINARY:-}" ]; then
+        [ -x "$MINIO_BINARY" ] || die "MINIO_BINARY=$MINIO_BINARY is not an executable file"
+        note "S3: a real MinIO inside the machine, from $MINIO_BINARY"
+        return 0
+    fi
+    step "S3: starting moto_server on the host at 127.0.0.1:$s3_port in MinIO's place" "$logs/s3-server.log"
+    note "MinIO's binary cannot be downloaded here (set MINIO_BINARY=/path/to/minio to use one)."
+    note "moto keeps objects in memory: MLflow artifacts are lost when 'make down' stops it."
+    if pid_alive "$s3_pid_file"; then
+        note "already running (pid $(cat "$s3_pid_file"))"
+        return 0
+    fi
+    port_busy "$s3_port" && die "port $s3_port is taken on the host; free it or set MINIO_BINARY"
+    setsid "$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" </dev/null >"$logs/s3-server.log" 2>&1 &
+    echo $! >"$s3_pid_file"
+    for _ in $(seq 50); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$s3_port/moto-api/" 2>/dev/null && return 0
+        pid_alive "$s3_pid_file" || break
+        sleep 0.2
+    done
+    false
+}
+
+boot() {
+    if machine_running; then
+        note "the machine is already running (pid $(cat "$nspawn_pid_file"))"
+        return 0
+    fi
+    step "checking the host ports the machine's services need"
+    local p busy=()
+    for p in "${service_ports[@]}"; do port_busy "$p" && busy+=("$p"); done
+    [ ${#busy[@]} -eq 0 ] || die "ports ${busy[*]} are taken on the host; the machine shares the host's network and needs them"
+    step "booting the machine with systemd-nspawn" "$logs/nspawn.log"
+    mkdir -p "$cache/pip" "$cache/apt-archives/partial"
+    local t; t=$(date +%s)
+    setsid systemd-nspawn --boot --keep-unit --register=no --console=read-only \
+        --machine="$name" -D "$rootfs" \
+        --bind="$cache/pip:/var/cache/mlops-pip" \
+        --bind="$cache/apt-archives:/var/cache/apt/archives" \
+        </dev/null >"$logs/nspawn.log" 2>&1 &
+    echo $! >"$nspawn_pid_file"
+    step "waiting for SSH on 127.0.0.1:$ssh_port" "$logs/nspawn.log"
+    for _ in $(seq 120); do
+        ssh_machine true 2>/dev/null && break
+        machine_running || { tail -n 20 "$logs/nspawn.log" >&2; false; }
+        sleep 0.5
+    done
+    ssh_machine true
+    ssh_machine systemctl is-system-running --wait >/dev/null 2>&1 || true
+    note "booted in $(elapsed "$t") s"
+}
+
+provision() {
+    local log; log="$logs/provision-$(date +%Y%m%d-%H%M%S).log"
+    step "provisioning with ansible/site.yml (progress below, full output in the log)" "$log"
+    local extra="$state/extra-vars.json"
+    if [ -n "${MINIO_BINARY:-}" ]; then
+        printf '{"minio_binary_src": "%s"}\n' "$(readlink -f "$MINIO_BINARY")" >"$extra"
+    else
+        printf '{"mlops_s3_external_endpoint_url": "http://127.0.0.1:%s", "mlops_s3_external_access_key": "moto-local", "mlops_s3_external_secret_key": "moto-local-secret"}\n' "$s3_port" >"$extra"
+    fi
+    local t; t=$(date +%s)
+    (
+        cd "$repo/ansible"
+        # ANSIBLE_ARGS: extra ansible-playbook arguments, split on spaces on purpose.
+        # shellcheck disable=SC2086
+        ANSIBLE_CONFIG="$repo/ansible/ansible.cfg" ANSIBLE_FORCE_COLOR=0 PATH="$venv/bin:$PATH" \
+            "$venv/bin/ansible-playbook" -i inventories/local/hosts.yml site.yml -e "@$extra" ${ANSIBLE_ARGS:-}
+    ) 2>&1 | tee "$log" | grep --line-buffered -E '^(PLAY \[|TASK \[|RUNNING HANDLER \[|fatal:|failed:)' \
+        | sed -u -e 's/\*\**$//' -e 's/^TASK /    /' -e 's/^RUNNING HANDLER /    handler /' -e 's/^PLAY /  PLAY /'
+    local rc=${PIPESTATUS[0]}
+    ln -sf "$(basename "$log")" "$logs/provision-latest.log"
+    grep -A3 '^PLAY RECAP' "$log" | sed 's/^/    /'
+    [ "$rc" = 0 ] || { step_log="$log"; return "$rc"; }
+    note "provisioning took $(elapsed "$t") s"
+}
+
+health() {
+    step "checking every unit and health endpoint (mlops-status inside the machine)"
+    local ok=0
+    for _ in $(seq 30); do
+        if ssh_machine mlops-status >"$logs/status.txt" 2>&1; then ok=1; break; fi
+        sleep 2
+    done
+    sed 's/^/    /' "$logs/status.txt"
+    [ "$ok" = 1 ] || { step_log="$logs/status.txt"; false; }
+}
+
+summary() {
+    local secrets="$repo/ansible/.secrets/local"
+    echo
+    say "the platform is up ($(elapsed "$t0") s)"
+    note "Airflow   http://localhost:8080   user admin  password $(cat "$secrets/airflow-admin" 2>/dev/null)"
+    note "MLflow    http://localhost:5000"
+    if [ -n "${MINIO_BINARY:-}" ]; then
+        note "MinIO     http://localhost:9001   user mlops-admin  password $(cat "$secrets/minio-root" 2>/dev/null)"
+    else
+        note "S3        http://127.0.0.1:$s3_port  moto_server on the host (in-memory), standing in for MinIO"
+    fi
+    note "Shell     scripts/machine.sh ssh      Status: scripts/machine.sh status"
+    note "Secrets   $secrets/    Logs: $logs/"
+    note "Stop      make down   (PURGE=1 make down also deletes the machine's disk)"
+}
+
+stop_s3() {
+    if pid_alive "$s3_pid_file"; then
+        step "stopping the host's S3 test server"
+        kill "$(cat "$s3_pid_file")"
+        for _ in $(seq 25); do pid_alive "$s3_pid_file" || break; sleep 0.2; done
+    fi
+    rm -f "$s3_pid_file"
+}
+
+down() {
+    install -d -m 0700 "$state" "$logs"
+    if machine_running; then
+        local pid t; t=$(date +%s)
+        pid=$(cat "$nspawn_pid_file")
+        step "powering the machine off" "$logs/nspawn.log"
+        ssh_machine systemctl poweroff >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        if kill -0 "$pid" 2>/dev/null; then
+            note "no clean shutdown after 60 s: stopping systemd-nspawn"
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        note "stopped in $(elapsed "$t") s"
+    else
+        note "the machine is not running"
+    fi
+    rm -f "$nspawn_pid_file"
+    stop_s3
+    if [ "${PURGE:-0}" = 1 ]; then
+        step "PURGE=1: deleting the machine's disk $rootfs"
+        rm -rf "$rootfs" "$state/extra-vars.json"
+    else
+        note "the machine's disk is kept in $rootfs (PURGE=1 make down deletes it)"
+    fi
+}
+
+cmd="${1:-}"
+# Provisioning logs hold the printed credentials: root only.
+install -d -m 0700 "$state" "$logs"
+case "$cmd" in
+    up)
+        preflight
+        build_pristine
+        make_rootfs
+        start_s3
+        boot
+        provision
+        health
+        summary
+        ;;
+    down) down ;;
+    status)
+        machine_running || { echo "the machine is not running"; exit 3; }
+        ssh_machine mlops-status
+        ;;
+    ssh) shift; ssh_machine "$@" ;;
+    *) echo "usage: $0 up|down|status|ssh [command]" >&2; exit 2 ;;
+esac
