@@ -13,7 +13,7 @@ help:
 	@echo "make lock       regenerate requirements/*.lock.txt (needs uv)"
 	@echo "make bench      run benchmarks/ and print the numbers"
 	@echo "make data-api   run the batch data API on :8001 from the dev venv"
-	@echo "make up / down  local platform machine (not built yet, see README)"
+	@echo "make up / down  local platform machine (Debian 13 in systemd-nspawn, provisioned by ansible/site.yml)"
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -27,7 +27,7 @@ $(LOCK_STAMP): requirements/dev.lock.txt pyproject.toml
 
 venv: bootstrap $(LOCK_STAMP)
 
-test: venv lint test-only
+test: venv lint lint-ansible test-only
 
 test-only:
 	$(PY) -m pytest
