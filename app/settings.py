@@ -57,15 +57,32 @@ def _env_optional_int(name: str) -> int | None:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 @dataclass(frozen=True)
 class DataApiSettings:
     """The batch data provider (unit data-api, port 8001)."""
 
+    # Gzip or plain CSV with the header of app.covertype.COLUMNS.
     dataset_path: Path = field(
-        default_factory=lambda: Path(_env("DATA_API_DATASET", str(REPO_ROOT / "data" / "covertype.csv.gz")))
+        default_factory=lambda: Path(
+            _env("DATA_API_DATASET", str(REPO_ROOT / "data" / "covertype.csv.gz"))
+        )
     )
+    # Where each group's start time is kept across restarts (the directory must be writable).
     state_file: Path = field(
-        default_factory=lambda: Path(_env("DATA_API_STATE_FILE", str(REPO_ROOT / "var" / "data-api-state.json")))
+        default_factory=lambda: Path(
+            _env("DATA_API_STATE_FILE", str(REPO_ROOT / "var" / "data-api-state.json"))
+        )
     )
     interval_seconds: float = field(
         default_factory=lambda: _env_float("DATA_API_INTERVAL_SECONDS", 300.0, minimum=0.001)
@@ -76,22 +93,211 @@ class DataApiSettings:
     seed: int | None = field(default_factory=lambda: _env_optional_int("DATA_API_SEED"))
     host: str = field(default_factory=lambda: _env("DATA_API_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _env_int("DATA_API_PORT", 8001, minimum=1))
+    # One line per request on stderr (the journal, on the VM).
+    access_log: bool = field(default_factory=lambda: _env_bool("DATA_API_ACCESS_LOG", True))
 
 
 @dataclass(frozen=True)
 class BatchStoreSettings:
     """PostgreSQL batches_db, used by the pipeline (Airflow) and read-only by the UI."""
 
+    # libpq URL or key=value string; a password in it never reaches a log line (db.redact_dsn).
     dsn: str = field(
-        default_factory=lambda: _env("BATCHES_DB_DSN", "postgresql://batches@127.0.0.1:5432/batches_db")
+        default_factory=lambda: _env(
+            "BATCHES_DB_DSN", "postgresql://batches@127.0.0.1:5432/batches_db"
+        )
     )
 
 
 @dataclass(frozen=True)
 class DataClientSettings:
-    """How the DAG reaches the data API."""
+    """How the DAG reaches the data API (app/data_client.py)."""
 
     base_url: str = field(default_factory=lambda: _env("DATA_API_URL", "http://127.0.0.1:8001"))
     group_number: int = field(default_factory=lambda: _env_int("DATA_API_GROUP", 1, minimum=1))
-    connect_timeout: float = field(default_factory=lambda: _env_float("DATA_API_CONNECT_TIMEOUT", 5.0, minimum=0.1))
-    read_timeout: float = field(default_factory=lambda: _env_float("DATA_API_READ_TIMEOUT", 60.0, minimum=0.1))
+    connect_timeout: float = field(
+        default_factory=lambda: _env_float("DATA_API_CONNECT_TIMEOUT", 5.0, minimum=0.1)
+    )
+    # Longest wait for the next bytes of a response.
+    read_timeout: float = field(
+        default_factory=lambda: _env_float("DATA_API_READ_TIMEOUT", 60.0, minimum=0.1)
+    )
+    # Cap on a whole call: a server that trickles bytes never trips read_timeout.
+    total_timeout: float = field(
+        default_factory=lambda: _env_float("DATA_API_TOTAL_TIMEOUT", 120.0, minimum=0.1)
+    )
+
+
+INFERENCE_BACKENDS = ("auto", "onnx", "sklearn")
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default).strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """The inference API (unit inference-api, port 8000; app/inference)."""
+
+    # The tracking server, which also proxies artifacts: this process holds no S3 credentials.
+    mlflow_tracking_uri: str = field(
+        default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    )
+    model_name: str = field(default_factory=lambda: _env("INFERENCE_MODEL_NAME", "forest-cover"))
+    model_alias: str = field(default_factory=lambda: _env("INFERENCE_MODEL_ALIAS", "production"))
+    # How often the watcher asks MLflow where the alias points (and retries when nothing loaded).
+    poll_interval_seconds: float = field(
+        default_factory=lambda: _env_float("INFERENCE_POLL_SECONDS", 30.0, minimum=0.05)
+    )
+    max_rows: int = field(default_factory=lambda: _env_int("INFERENCE_MAX_ROWS", 10_000, minimum=1))
+    host: str = field(default_factory=lambda: _env("INFERENCE_API_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: _env_int("INFERENCE_API_PORT", 8000, minimum=1))
+    # auto: the run's ONNX form when it reproduces the sklearn labels at load time, else sklearn.
+    backend: str = field(
+        default_factory=lambda: _env_choice("INFERENCE_BACKEND", "auto", INFERENCE_BACKENDS)
+    )
+    # onnxruntime threads per call; 1 suits many small concurrent requests.
+    onnx_threads: int = field(
+        default_factory=lambda: _env_int("INFERENCE_ONNX_THREADS", 1, minimum=1)
+    )
+    # MLflow's client retries a refused connection 7 times with backoff (about 2 minutes) by
+    # default; the watcher polls again anyway, so a call should fail fast and say why.
+    mlflow_http_retries: int = field(
+        default_factory=lambda: _env_int("INFERENCE_MLFLOW_HTTP_RETRIES", 1, minimum=0)
+    )
+    mlflow_http_timeout_seconds: int = field(
+        default_factory=lambda: _env_int("INFERENCE_MLFLOW_HTTP_TIMEOUT", 60, minimum=1)
+    )
+    access_log: bool = field(default_factory=lambda: _env_bool("INFERENCE_ACCESS_LOG", False))
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where the pipeline logs runs and registers models (app/pipeline)."""
+
+    # The tracking server also proxies artifacts: the pipeline holds no S3 credentials.
+    tracking_uri: str = field(
+        default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    )
+    experiment_name: str = field(
+        default_factory=lambda: _env("MLFLOW_EXPERIMENT_NAME", "forest_cover")
+    )
+    registered_model_name: str = field(
+        default_factory=lambda: _env("MLFLOW_REGISTERED_MODEL", "forest-cover")
+    )
+    production_alias: str = field(
+        default_factory=lambda: _env("MLFLOW_PRODUCTION_ALIAS", "production")
+    )
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What the pipeline trains and the rule that decides what gets promoted (app/pipeline)."""
+
+    seed: int = field(default_factory=lambda: _env_int("TRAINING_SEED", 42, minimum=0))
+    # Threads per fit (forests' n_jobs, boosting's OpenMP, BLAS). 1 by default: on a busy
+    # 2-core machine two OpenMP threads made boosting 2-20x slower than one (spinning threads
+    # waiting for a descheduled peer). On an idle VM 2 is faster, best with
+    # OMP_WAIT_POLICY=PASSIVE in the worker's environment.
+    n_jobs: int = field(default_factory=lambda: _env_int("TRAINING_N_JOBS", 1, minimum=1))
+    # Comma-separated subset of app.pipeline.candidates.CANDIDATE_NAMES, in training order.
+    candidates: str = field(
+        default_factory=lambda: _env(
+            "TRAINING_CANDIDATES",
+            "hist_gradient_boosting,extra_trees,random_forest,logistic_regression",
+        )
+    )
+    # JSON object of hyperparameter overrides per candidate, e.g.
+    # {"random_forest": {"n_estimators": 50}}; names are checked against the estimator.
+    param_overrides: str = field(default_factory=lambda: _env("TRAINING_PARAM_OVERRIDES", ""))
+    # Held-out metric that ranks candidates and decides promotion: accuracy or macro_f1.
+    metric: str = field(
+        default_factory=lambda: _env_choice(
+            "PROMOTION_METRIC", "accuracy", ("accuracy", "macro_f1")
+        )
+    )
+    # A challenger must beat production by at least this much (absolute, 0..1) on the same
+    # held-out rows; within it the two tie and the smaller model wins.
+    promotion_margin: float = field(
+        default_factory=lambda: _env_float("PROMOTION_MARGIN", 0.005, minimum=0.0)
+    )
+    # Largest serialized model (cloudpickle, MB = 10**6 bytes) that may become production.
+    max_model_mb: float = field(
+        default_factory=lambda: _env_float("PROMOTION_MAX_MODEL_MB", 50.0, minimum=0.0)
+    )
+    # Log every candidate's model, not only the champion's (costs upload time and storage).
+    log_all_models: bool = field(
+        default_factory=lambda: _env_bool("TRAINING_LOG_ALL_MODELS", False)
+    )
+
+
+def _env_optional(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+@dataclass(frozen=True)
+class UiSettings:
+    """The NiceGUI front end (unit ui, port 8503; ui/). It only reads: the inference API and
+    MLflow over HTTP, batches_db through a read-only role."""
+
+    host: str = field(default_factory=lambda: _env("UI_HOST", "127.0.0.1"))
+    port: int = field(default_factory=lambda: _env_int("UI_PORT", 8503, minimum=1))
+    inference_api_url: str = field(
+        default_factory=lambda: _env("UI_INFERENCE_API_URL", "http://127.0.0.1:8000")
+    )
+    mlflow_tracking_uri: str = field(
+        default_factory=lambda: _env("UI_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    )
+    model_name: str = field(default_factory=lambda: _env("UI_MODEL_NAME", "forest-cover"))
+    model_alias: str = field(default_factory=lambda: _env("UI_MODEL_ALIAS", "production"))
+    # The role needs SELECT on the batch_statistics and batch_totals views only.
+    batches_db_dsn: str = field(
+        default_factory=lambda: _env(
+            "UI_BATCHES_DB_DSN", "postgresql://batches_reader@127.0.0.1:5432/batches_db"
+        )
+    )
+    # What the browser opens: addresses as the user's machine sees them, not as this process
+    # does (on Vagrant these are the forwarded ports).
+    airflow_url: str = field(
+        default_factory=lambda: _env("UI_AIRFLOW_URL", "http://localhost:8080")
+    )
+    mlflow_url: str = field(default_factory=lambda: _env("UI_MLFLOW_URL", "http://localhost:5000"))
+    minio_console_url: str = field(
+        default_factory=lambda: _env("UI_MINIO_CONSOLE_URL", "http://localhost:9001")
+    )
+    # A backend that is down must cost the page a notice, not a long wait.
+    http_connect_timeout: float = field(
+        default_factory=lambda: _env_float("UI_HTTP_CONNECT_TIMEOUT", 3.0, minimum=0.1)
+    )
+    http_read_timeout: float = field(
+        default_factory=lambda: _env_float("UI_HTTP_READ_TIMEOUT", 15.0, minimum=0.1)
+    )
+    # Loading a model from the registry takes longer than any other call.
+    reload_timeout: float = field(
+        default_factory=lambda: _env_float("UI_RELOAD_TIMEOUT", 300.0, minimum=1.0)
+    )
+    db_connect_timeout: int = field(
+        default_factory=lambda: _env_int("UI_DB_CONNECT_TIMEOUT", 3, minimum=1)
+    )
+    # Signs NiceGUI's session cookie; generated by provisioning. None: no browser storage.
+    storage_secret: str | None = field(default_factory=lambda: _env_optional("UI_STORAGE_SECRET"))
+
+
+@dataclass(frozen=True)
+class InferenceClientSettings:
+    """How the pipeline reaches the inference API to ask for a reload (best effort)."""
+
+    base_url: str | None = field(default_factory=lambda: _env("INFERENCE_API_URL", "") or None)
+
+
+@dataclass(frozen=True)
+class DagSettings:
+    """Retry policy of the DAG's service-facing tasks, read when the DAG file is parsed."""
+
+    retries: int = field(default_factory=lambda: _env_int("PIPELINE_TASK_RETRIES", 3, minimum=0))
+    retry_delay_seconds: float = field(
+        default_factory=lambda: _env_float("PIPELINE_RETRY_DELAY_SECONDS", 10.0, minimum=0.0)
+    )

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MySQLServer, PostgresServer, S3Server, mysql_server, postgres_server, s3_server
+from tests.servers import (
+    MySQLServer,
+    PostgresServer,
+    S3Server,
+    mysql_server,
+    postgres_server,
+    s3_server,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CSV = REPO_ROOT / "data" / "covertype-sample.csv"
@@ -39,7 +46,9 @@ def mysql(server_root: Path) -> Iterator[MySQLServer]:
 
 @pytest.fixture(scope="session")
 def s3(server_root: Path) -> Iterator[S3Server]:
-    with s3_server(server_root / "s3", access_key=secrets.token_hex(10), secret_key=secrets.token_urlsafe(30)) as server:
+    with s3_server(
+        server_root / "s3", access_key=secrets.token_hex(10), secret_key=secrets.token_urlsafe(30)
+    ) as server:
         yield server
 
 
@@ -48,3 +57,82 @@ def batches_dsn(postgres: PostgresServer, request: pytest.FixtureRequest) -> str
     """A fresh, empty batches database per test."""
     name = "batches_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:40].lower()
     return postgres.create_database(name)
+
+
+# --- MLflow tracking server (pipeline and promotion tests) ------------------------------------
+import pandas as pd  # noqa: E402 - this section is appended by design
+
+from app.settings import MlflowSettings  # noqa: E402
+from tests.mlflow_server import MlflowServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(server_root: Path, mysql: MySQLServer, s3: S3Server) -> Iterator[MlflowServer]:
+    """One real `mlflow server` per session: MySQL backend, artifacts proxied to S3.
+
+    S3 credentials go to the server process only; for the whole session the test process
+    itself has none in its environment, so every artifact upload and download the tests see
+    went through the server's proxy.
+    """
+    import os
+
+    from tests.mlflow_server import mlflow_server as start_mlflow_server
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("AWS_") or name == "MLFLOW_S3_ENDPOINT_URL":
+                mp.delenv(name)
+        # Nor from files or the instance metadata service: boto3 finds no credentials at all.
+        nowhere = str(server_root / "no-aws-config")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", nowhere)
+        mp.setenv("AWS_CONFIG_FILE", nowhere)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        with start_mlflow_server(server_root / "mlflow", mysql, s3) as server:
+            yield server
+
+
+@pytest.fixture(scope="session")
+def covertype_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) from the 5,000-row sample, shaped like app.batch_store.read.load_rows:
+    10 batches of 500 consecutive rows, every 5th row held out."""
+    from app.covertype import CATEGORICAL_COLUMNS, COLUMNS
+
+    frame = pd.read_csv(SAMPLE_CSV, dtype={c: "str" for c in CATEGORICAL_COLUMNS})
+    frame = frame[list(COLUMNS)].reset_index(drop=True)
+    frame["batch_number"] = 1 + frame.index // 500
+    holdout = frame.index % 5 == 0
+    return (
+        frame[~holdout].reset_index(drop=True),
+        frame[holdout].reset_index(drop=True),
+    )
+
+
+@pytest.fixture
+def mlflow_settings(mlflow_server: MlflowServer, request: pytest.FixtureRequest) -> MlflowSettings:
+    """Settings pointing at the session server, with an experiment and a registered model of
+    this test's own, so tests never see each other's versions or aliases."""
+    slug = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-").lower()
+    return MlflowSettings(
+        tracking_uri=mlflow_server.tracking_uri,
+        experiment_name=f"forest_cover-{slug}",
+        registered_model_name=f"forest-cover-{slug}",
+        production_alias="production",
+    )
+
+
+# Small enough that a whole pipeline run on the sample takes seconds; same recipes, same code.
+SMALL_CANDIDATE_PARAMS: dict[str, dict[str, object]] = {
+    "hist_gradient_boosting": {"max_iter": 15, "max_leaf_nodes": 15},
+    "extra_trees": {"n_estimators": 8, "max_depth": 12},
+    "random_forest": {"n_estimators": 8, "max_depth": 12},
+    "logistic_regression": {"max_iter": 200},
+}
+
+
+@pytest.fixture(scope="session")
+def small_candidates():  # noqa: ANN201 - list[app.pipeline.candidates.Candidate], immutable
+    from app.pipeline.candidates import default_candidates
+
+    return default_candidates(
+        list(SMALL_CANDIDATE_PARAMS), seed=7, n_jobs=1, overrides=SMALL_CANDIDATE_PARAMS
+    )

@@ -1,0 +1,481 @@
+"""A pipeline run in two steps, as the DAG runs them, or in one call.
+
+- `train_and_log`: train and evaluate every candidate under one parent run (a child run per
+  candidate), choose the champion and log its model. Returns a TrainedRun, which is plain data
+  (to_dict/from_dict) so Airflow can hand it to the next task.
+- `register_and_promote`: register the champion as a new version and move the production alias
+  only if it wins against the version the alias points to now, both scored on the held-out
+  rows given to this step. Safe to retry: a champion run is registered once.
+- `run_training`: both, in one process (tests, benchmarks).
+
+Inputs are DataFrames (the DAG reads them with app.batch_store.read.load_rows), so this module
+knows nothing about where rows are stored. Any failure raises and leaves the alias as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import mlflow.sklearn
+from threadpoolctl import threadpool_limits
+
+from app.pipeline import tracking
+from app.pipeline.candidates import (
+    MODEL_STEP,
+    Candidate,
+    default_candidates,
+    parse_overrides,
+    prepare_for_serving,
+)
+from app.pipeline.evaluate import MB, Evaluation, evaluate, fit, score, serialized_size
+from app.pipeline.features import batches_in, check_frame
+from app.pipeline.registry import PromotionDecision, decide_and_promote, register
+from app.pipeline.selection import choose_champion
+from app.pipeline.tracking import MlflowUnavailableError
+from app.settings import MlflowSettings, TrainingSettings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+    from sklearn.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+# Called with (fitted champion, held-out rows, champion's run id) while that run is active,
+# before registration: e.g. app.onnx_model.log_onnx_artifacts.
+ChampionHook = Callable[["Pipeline", "pd.DataFrame", str], object]
+
+
+class CandidateFailedError(RuntimeError):
+    """A candidate raised while training or being evaluated; nothing was registered."""
+
+
+@dataclass(frozen=True)
+class RunMetadata:
+    """Where the rows came from; recorded as tags on the runs and the version."""
+
+    group_number: int | None = None
+    # Batch numbers the training rows cover; default: those in the train frame.
+    batches: Sequence[int] | None = None
+    data_fingerprint: str | None = None
+    dag_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What train_and_log produced; JSON-serialisable through to_dict."""
+
+    experiment_id: str
+    parent_run_id: str
+    champion: str
+    champion_run_id: str
+    model_uri: str
+    accuracy: float
+    macro_f1: float
+    size_bytes: int
+    train_rows: int
+    holdout_rows: int
+    batches: list[int]
+    group_number: int | None
+    data_fingerprint: str | None
+    dag_run_id: str | None
+    # Per candidate: name and its flat metrics (Evaluation.metrics()).
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainedRun:
+        known = {f.name for f in fields(cls)}
+        missing = known - set(data) - {"candidates", "timings"}
+        if missing:
+            raise ValueError(f"not a TrainedRun: missing {', '.join(sorted(missing))}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def tags(self) -> dict[str, str]:
+        return _tags(
+            RunMetadata(self.group_number, self.batches, self.data_fingerprint, self.dag_run_id),
+            self.batches,
+            self.train_rows,
+            self.holdout_rows,
+        )
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What run_training did, with the in-memory evaluations."""
+
+    trained: TrainedRun
+    evaluations: list[Evaluation]
+    champion: Evaluation
+    model_version: str
+    decision: PromotionDecision
+    # Wall seconds: candidates (fit + evaluate + log each), log_model, register, promote, total.
+    timings: dict[str, float]
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.trained.parent_run_id
+
+    @property
+    def champion_run_id(self) -> str:
+        return self.trained.champion_run_id
+
+    @property
+    def model_uri(self) -> str:
+        return self.trained.model_uri
+
+
+def _tags(
+    metadata: RunMetadata, batches: Sequence[int], train_rows: int, holdout_rows: int
+) -> dict[str, str]:
+    tags = {
+        "batches": ",".join(str(b) for b in batches),
+        "batch_count": str(len(batches)),
+        "train_rows": str(train_rows),
+        "holdout_rows": str(holdout_rows),
+    }
+    if batches:
+        tags["last_batch"] = str(max(batches))
+    if metadata.group_number is not None:
+        tags["group_number"] = str(metadata.group_number)
+    if metadata.data_fingerprint:
+        tags["data_fingerprint"] = metadata.data_fingerprint
+    if metadata.dag_run_id:
+        tags["dag_run_id"] = metadata.dag_run_id
+    return tags
+
+
+def _run_name(metadata: RunMetadata, batches: Sequence[int]) -> str:
+    group = f"group-{metadata.group_number}-" if metadata.group_number is not None else ""
+    upto = f"batches-1-{max(batches)}" if batches else "batches-none"
+    return f"{group}{upto}-{time.strftime('%Y%m%dT%H%M%S')}"
+
+
+@contextlib.contextmanager
+def _mlflow_session(uri: str) -> Iterator[MlflowClient]:
+    """Connect (failing fast when the server is down), scope MLflow's global URI to this call,
+    and turn any error raised while the server has gone away into MlflowUnavailableError."""
+    client = tracking.connect(uri)
+    try:
+        with tracking.tracking_uri(uri):
+            yield client
+    except MlflowUnavailableError:
+        raise
+    except Exception as exc:
+        if not tracking.reachable(uri):
+            raise MlflowUnavailableError(
+                f"MLflow tracking server {uri} stopped answering during the run "
+                f"({type(exc).__name__}: {exc}); the production alias was not touched"
+            ) from exc
+        raise
+
+
+def train_and_log(
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    metadata: RunMetadata | None = None,
+    *,
+    mlflow_settings: MlflowSettings | None = None,
+    training_settings: TrainingSettings | None = None,
+    candidates: Sequence[Candidate] | None = None,
+    champion_hook: ChampionHook | None = None,
+) -> TrainedRun:
+    """Train, evaluate and log every candidate; log the champion's model. Raises
+    MlflowUnavailableError when the tracking server is down or stops answering,
+    CandidateFailedError when a model fails, TrainingDataError for unusable frames."""
+    trained, _, _ = _train_and_log(
+        train,
+        holdout,
+        metadata or RunMetadata(),
+        mlflow_settings or MlflowSettings(),
+        training_settings or TrainingSettings(),
+        candidates,
+        champion_hook,
+    )
+    return trained
+
+
+def _train_and_log(
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    metadata: RunMetadata,
+    mlflow_settings: MlflowSettings,
+    settings: TrainingSettings,
+    candidates: Sequence[Candidate] | None,
+    champion_hook: ChampionHook | None,
+) -> tuple[TrainedRun, list[Evaluation], Evaluation]:
+    check_frame(train, "train")
+    check_frame(holdout, "holdout")
+    if candidates is None:
+        candidates = default_candidates(
+            settings.candidates,
+            seed=settings.seed,
+            n_jobs=settings.n_jobs,
+            overrides=parse_overrides(settings.param_overrides),
+        )
+    if not candidates:
+        raise ValueError("no candidates to train")
+    batches = list(metadata.batches) if metadata.batches is not None else batches_in(train)
+    tags = _tags(metadata, batches, len(train), len(holdout))
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    with _mlflow_session(mlflow_settings.tracking_uri) as client:
+        experiment_id = tracking.ensure_experiment(client, mlflow_settings.experiment_name)
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=_run_name(metadata, batches), tags=tags
+        ) as parent:
+            mlflow.log_params(
+                {
+                    "candidates": ",".join(c.name for c in candidates),
+                    "promotion_metric": settings.metric,
+                    "promotion_margin": settings.promotion_margin,
+                    "max_model_mb": settings.max_model_mb,
+                    "seed": settings.seed,
+                }
+            )
+            evaluations: list[Evaluation] = []
+            models: dict[str, Pipeline] = {}
+            run_ids: dict[str, str] = {}
+            model_uris: dict[str, str] = {}
+            for candidate in candidates:
+                with mlflow.start_run(
+                    experiment_id=experiment_id,
+                    run_name=candidate.name,
+                    nested=True,
+                    tags={**tags, "candidate": candidate.name},
+                ) as child:
+                    model = candidate.build()
+                    params = model.named_steps[MODEL_STEP].get_params()
+                    mlflow.log_params(tracking.loggable_params(params))
+                    try:
+                        with threadpool_limits(limits=settings.n_jobs):
+                            seconds = fit(model, train)
+                            prepare_for_serving(model)
+                            evaluation = evaluate(candidate.name, model, seconds, train, holdout)
+                    except Exception as exc:
+                        mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
+                        raise CandidateFailedError(
+                            f"candidate {candidate.name!r} failed: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    tracking.log_evaluation(evaluation)
+                    if settings.log_all_models:
+                        model_uris[candidate.name] = tracking.log_model(model, holdout).model_uri
+                log.info(
+                    "%s: %s %.4f, fit %.1f s, %.2f MB",
+                    candidate.name,
+                    settings.metric,
+                    evaluation.scores.get(settings.metric),
+                    evaluation.fit_seconds,
+                    evaluation.size_mb,
+                )
+                evaluations.append(evaluation)
+                models[candidate.name] = model
+                run_ids[candidate.name] = child.info.run_id
+            timings["candidates"] = time.perf_counter() - started
+
+            champion = choose_champion(
+                evaluations,
+                metric=settings.metric,
+                margin=settings.promotion_margin,
+                max_bytes=int(settings.max_model_mb * MB),
+            )
+            champion_run_id = run_ids[champion.candidate]
+            mlflow.set_tag("champion", champion.candidate)
+            mlflow.log_metrics({f"champion_{k}": v for k, v in champion.metrics().items()})
+            mlflow.log_text(tracking.summary_json(evaluations), "candidates.json")
+
+            step = time.perf_counter()
+            with mlflow.start_run(run_id=champion_run_id, nested=True):
+                mlflow.set_tag("champion", "true")
+                if champion.candidate not in model_uris:
+                    model_uris[champion.candidate] = tracking.log_model(
+                        models[champion.candidate], holdout
+                    ).model_uri
+                if champion_hook is not None:
+                    champion_hook(models[champion.candidate], holdout, champion_run_id)
+            timings["log_model"] = time.perf_counter() - step
+            timings["train_total"] = time.perf_counter() - started
+            mlflow.log_metrics({f"seconds_{k}": v for k, v in timings.items()})
+
+    trained = TrainedRun(
+        experiment_id=experiment_id,
+        parent_run_id=parent.info.run_id,
+        champion=champion.candidate,
+        champion_run_id=champion_run_id,
+        model_uri=model_uris[champion.candidate],
+        accuracy=champion.scores.accuracy,
+        macro_f1=champion.scores.macro_f1,
+        size_bytes=champion.size_bytes,
+        train_rows=len(train),
+        holdout_rows=len(holdout),
+        batches=batches,
+        group_number=metadata.group_number,
+        data_fingerprint=metadata.data_fingerprint,
+        dag_run_id=metadata.dag_run_id,
+        candidates=[{"candidate": e.candidate, **e.metrics()} for e in evaluations],
+        timings=timings,
+    )
+    return trained, evaluations, champion
+
+
+def _existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version already registered from this champion run (a retried step), if any."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def register_and_promote(
+    run: TrainedRun,
+    holdout: pd.DataFrame,
+    *,
+    mlflow_settings: MlflowSettings | None = None,
+    training_settings: TrainingSettings | None = None,
+) -> dict[str, Any]:
+    """Register the champion and decide promotion; returns the decision as plain data
+    (PromotionDecision.to_dict plus model name, alias and timings).
+
+    The champion is loaded back from MLflow and scored on `holdout` next to the production
+    version, so both are judged on the same rows even when this runs in another process than
+    training did."""
+    decision, _, timings = _register_and_promote(
+        run,
+        holdout,
+        mlflow_settings or MlflowSettings(),
+        training_settings or TrainingSettings(),
+        challenger=None,
+    )
+    return decision.to_dict() | {"timings": timings}
+
+
+def _register_and_promote(
+    run: TrainedRun,
+    holdout: pd.DataFrame,
+    mlflow_settings: MlflowSettings,
+    settings: TrainingSettings,
+    challenger: Evaluation | None,
+) -> tuple[PromotionDecision, str, dict[str, float]]:
+    check_frame(holdout, "holdout")
+    name = mlflow_settings.registered_model_name
+    timings: dict[str, float] = {}
+    with _mlflow_session(mlflow_settings.tracking_uri) as client:
+        step = time.perf_counter()
+        version = _existing_version(client, name, run.champion_run_id)
+        if version is None:
+            version = register(
+                run.model_uri,
+                name,
+                tags={
+                    **run.tags(),
+                    "candidate": run.champion,
+                    "parent_run_id": run.parent_run_id,
+                    "accuracy": f"{run.accuracy:.6f}",
+                    "macro_f1": f"{run.macro_f1:.6f}",
+                    "model_size_bytes": str(run.size_bytes),
+                },
+            )
+        timings["register"] = time.perf_counter() - step
+
+        step = time.perf_counter()
+        if challenger is not None:
+            scores, size = challenger.scores, challenger.size_bytes
+        else:
+            # What was logged, not what was in memory: the registry serves this file.
+            with tempfile.TemporaryDirectory(prefix="mlflow-challenger-") as tmp:
+                model = mlflow.sklearn.load_model(run.model_uri, dst_path=tmp)
+            scores, size = score(model, holdout), serialized_size(model)
+        if scores.rows != run.holdout_rows:
+            log.warning(
+                "held-out rows changed since training (%d -> %d); both models are scored on "
+                "the %d rows given now",
+                run.holdout_rows,
+                scores.rows,
+                scores.rows,
+            )
+        decision = decide_and_promote(
+            client,
+            name=name,
+            alias=mlflow_settings.production_alias,
+            version=str(version.version),
+            challenger=scores,
+            challenger_bytes=size,
+            holdout=holdout,
+            metric=settings.metric,
+            margin=settings.promotion_margin,
+            max_bytes=int(settings.max_model_mb * MB),
+        )
+        timings["promote"] = time.perf_counter() - step
+        for key, value in {
+            "model_version": str(version.version),
+            "promotion_decision": "promoted" if decision.promoted else "not_promoted",
+            "promotion_reason": decision.reason[:5000],
+        }.items():
+            client.set_tag(run.parent_run_id, key, value)
+    return decision, str(version.version), timings
+
+
+def run_training(
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    metadata: RunMetadata | None = None,
+    *,
+    mlflow_settings: MlflowSettings | None = None,
+    training_settings: TrainingSettings | None = None,
+    candidates: Sequence[Candidate] | None = None,
+    champion_hook: ChampionHook | None = None,
+) -> TrainingResult:
+    """train_and_log then register_and_promote, in one process. Raises on any failure,
+    leaving the alias as it was: MlflowUnavailableError, CandidateFailedError,
+    TrainingDataError, or PromotionError (production cannot be re-scored, or the alias not
+    moved)."""
+    mlflow_settings = mlflow_settings or MlflowSettings()
+    settings = training_settings or TrainingSettings()
+    started = time.perf_counter()
+    trained, evaluations, champion = _train_and_log(
+        train,
+        holdout,
+        metadata or RunMetadata(),
+        mlflow_settings,
+        settings,
+        candidates,
+        champion_hook,
+    )
+    decision, version, promote_timings = _register_and_promote(
+        trained, holdout, mlflow_settings, settings, challenger=champion
+    )
+    timings = {
+        "candidates": trained.timings["candidates"],
+        "log_model": trained.timings["log_model"],
+        **promote_timings,
+        "total": time.perf_counter() - started,
+    }
+    return TrainingResult(
+        trained=trained,
+        evaluations=evaluations,
+        champion=champion,
+        model_version=version,
+        decision=decision,
+        timings=timings,
+    )
+
+
+__all__ = [
+    "CandidateFailedError",
+    "RunMetadata",
+    "TrainedRun",
+    "TrainingResult",
+    "register_and_promote",
+    "run_training",
+    "train_and_log",
+]
