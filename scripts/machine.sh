@@ -4,6 +4,8 @@
 #
 #   scripts/machine.sh up       build (first time) + boot + provision + health check + URLs
 #   scripts/machine.sh down     stop it; its disk is kept (PURGE=1 deletes it)
+#   scripts/machine.sh boot     start a provisioned machine again without provisioning it,
+#                               then check that every unit and health endpoint came back
 #   scripts/machine.sh status   is it running, and mlops-status inside it
 #   scripts/machine.sh ssh [CMD]
 #
@@ -14,6 +16,10 @@
 #                                 venv) runs on the host at 127.0.0.1:9000 in MinIO's place:
 #                                 MinIO cannot be downloaded on hosts without GitHub access.
 #   PURGE=1                       with `down`: delete the machine's disk (next `up` is fresh).
+#   KEEP_S3=1                     with `down`: leave the host's S3 test server running, so the
+#                                 artifacts it keeps in memory survive a `down` + `boot`.
+#   ANSIBLE_ARGS="-e k=v ..."     extra ansible-playbook arguments for `up`.
+#   HEALTH_WAIT=240               seconds `up` and `boot` wait for mlops-status to pass.
 #   MLOPS_CACHE=/var/cache/forest-cover-mlops   pristine rootfs, pip and apt caches.
 #   DEBIAN_MIRROR=http://deb.debian.org/debian
 set -Eeuo pipefail
@@ -33,7 +39,7 @@ venv="$repo/.venv"
 nspawn_pid_file="$state/nspawn.pid"
 s3_pid_file="$state/s3-server.pid"
 # Ports the machine's services take on the host's network (it shares it).
-service_ports=(2222 5432 3306 5000 8080 8793 8794)
+service_ports=(2222 5432 3306 5000 8080 8793 8794 8000 8001 8503)
 
 step_name="start"
 step_log=""
@@ -220,10 +226,11 @@ provision() {
 
 health() {
     step "checking every unit and health endpoint (mlops-status inside the machine)"
-    local ok=0
-    for _ in $(seq 30); do
+    # After a boot the services start together on a small machine: give them a few minutes.
+    local ok=0 until=$(( $(date +%s) + ${HEALTH_WAIT:-240} ))
+    while [ "$(date +%s)" -lt "$until" ]; do
         if ssh_machine mlops-status >"$logs/status.txt" 2>&1; then ok=1; break; fi
-        sleep 2
+        sleep 3
     done
     sed 's/^/    /' "$logs/status.txt"
     [ "$ok" = 1 ] || { step_log="$logs/status.txt"; false; }
@@ -233,8 +240,11 @@ summary() {
     local secrets="$repo/ansible/.secrets/local"
     echo
     say "the platform is up ($(elapsed "$t0") s)"
+    note "Web UI    http://localhost:8503"
     note "Airflow   http://localhost:8080   user admin  password $(cat "$secrets/airflow-admin" 2>/dev/null)"
     note "MLflow    http://localhost:5000"
+    note "Inference http://localhost:8000   (OpenAPI /schema; ready once the DAG has promoted a model)"
+    note "Data API  http://localhost:8001/data?group_number=1"
     if [ -n "${MINIO_BINARY:-}" ]; then
         note "MinIO     http://localhost:9001   user mlops-admin  password $(cat "$secrets/minio-root" 2>/dev/null)"
     else
@@ -273,7 +283,11 @@ down() {
         note "the machine is not running"
     fi
     rm -f "$nspawn_pid_file"
-    stop_s3
+    if [ "${KEEP_S3:-0}" = 1 ] && pid_alive "$s3_pid_file"; then
+        note "KEEP_S3=1: the host's S3 test server keeps running (pid $(cat "$s3_pid_file"))"
+    else
+        stop_s3
+    fi
     if [ "${PURGE:-0}" = 1 ]; then
         step "PURGE=1: deleting the machine's disk $rootfs"
         rm -rf "$rootfs" "$state/extra-vars.json"
@@ -297,10 +311,20 @@ case "$cmd" in
         summary
         ;;
     down) down ;;
+    boot)
+        if [ ! -f "$rootfs/.complete" ] || [ ! -f "$state/extra-vars.json" ]; then
+            die "no provisioned machine in $rootfs: run 'make up' first"
+        fi
+        preflight
+        grep -q mlops_s3_external_endpoint_url "$state/extra-vars.json" && start_s3
+        boot
+        health
+        summary
+        ;;
     status)
         machine_running || { echo "the machine is not running"; exit 3; }
         ssh_machine mlops-status
         ;;
     ssh) shift; ssh_machine "$@" ;;
-    *) echo "usage: $0 up|down|status|ssh [command]" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|boot|status|ssh [command]" >&2; exit 2 ;;
 esac

@@ -180,9 +180,8 @@ class MySQLServer:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-            cur.execute(
-                "CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s", (user, password)
-            )
+            cur.execute("CREATE USER IF NOT EXISTS %s@'127.0.0.1'", (user,))
+            cur.execute("ALTER USER %s@'127.0.0.1' IDENTIFIED BY %s", (user, password))
             cur.execute(f"GRANT ALL PRIVILEGES ON `{name}`.* TO %s@'127.0.0.1'", (user,))
         conn.close()
 
