@@ -1,0 +1,133 @@
+"""Helpers shared by the UI tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from app.covertype import COLUMNS
+from tests.servers import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MAIN_FILE = REPO_ROOT / "ui" / "__main__.py"
+SAMPLE_CSV = REPO_ROOT / "data" / "covertype-sample.csv"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+ALIAS = "production"
+# How often should_see looks again (every 0.1 s) for content the backends fill in: a bound on
+# waiting on a busy machine, not a timing check.
+SEE_RETRIES = 300
+
+UI_VARIABLES = (
+    "UI_INFERENCE_API_URL",
+    "UI_MLFLOW_TRACKING_URI",
+    "UI_MODEL_NAME",
+    "UI_MODEL_ALIAS",
+    "UI_BATCHES_DB_DSN",
+    "UI_AIRFLOW_URL",
+    "UI_MLFLOW_URL",
+    "UI_MINIO_CONSOLE_URL",
+    "UI_HTTP_CONNECT_TIMEOUT",
+    "UI_HTTP_READ_TIMEOUT",
+    "UI_RELOAD_TIMEOUT",
+    "UI_DB_CONNECT_TIMEOUT",
+    "UI_STORAGE_SECRET",
+)
+
+
+def closed_url() -> str:
+    """An address where nothing listens: a backend that is down."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def closed_dsn() -> str:
+    return f"postgresql://batches_reader@127.0.0.1:{free_port()}/batches_db"
+
+
+def all_down_env() -> dict[str, str]:
+    return {
+        "UI_INFERENCE_API_URL": closed_url(),
+        "UI_MLFLOW_TRACKING_URI": closed_url(),
+        "UI_BATCHES_DB_DSN": closed_dsn(),
+        "UI_MODEL_NAME": "forest-cover",
+        "UI_MODEL_ALIAS": ALIAS,
+        "UI_AIRFLOW_URL": "http://airflow.test:8080",
+        "UI_MLFLOW_URL": "http://mlflow.test:5000",
+        "UI_MINIO_CONSOLE_URL": "http://minio.test:9001",
+        "UI_HTTP_CONNECT_TIMEOUT": "2",
+        "UI_HTTP_READ_TIMEOUT": "60",
+        "UI_STORAGE_SECRET": uuid.uuid4().hex,
+    }
+
+
+@dataclass(frozen=True)
+class Served:
+    """A real MLflow server with two versions the pipeline registered, and the inference API
+    (its own process) serving alias production."""
+
+    tracking_uri: str
+    name: str
+    api_url: str
+    api_log: Path
+    # v1: a forest on batches 1-4 (promoted); v2: a weak model on all 10 (not promoted).
+    promoted: str
+    rejected: str
+
+    def predict_requests(self) -> int:
+        """How many POST /predict the API has answered (its access log)."""
+        return self.api_log.read_text().count('"POST /predict HTTP')
+
+    def predict(self, record: dict[str, int | str]) -> dict[str, object]:
+        response = httpx.post(f"{self.api_url}/predict", json=record, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def serving_version(self) -> str | None:
+        return httpx.get(f"{self.api_url}/model", timeout=30).json()["version"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "UI_INFERENCE_API_URL": self.api_url,
+            "UI_MLFLOW_TRACKING_URI": self.tracking_uri,
+            "UI_MODEL_NAME": self.name,
+        }
+
+
+@dataclass(frozen=True)
+class BatchesStore:
+    dsn: str
+    # A role that may only SELECT batch_statistics and batch_totals.
+    reader_dsn: str
+    # Every delivery ingested, in order: (group, batch, rows as the data API sends them).
+    deliveries: list[tuple[int, int, list[list[str]]]]
+
+
+def sample_rows() -> list[list[str]]:
+    frame = pd.read_csv(SAMPLE_CSV, dtype=str)
+    return frame[list(COLUMNS)].values.tolist()
+
+
+class SilentServer:
+    """A TCP port that takes connections and never answers (a hung backend) until close(),
+    which resets every connection it holds."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        # Never accept(): the kernel completes the handshakes, nobody reads or writes.
+        self._socket.listen(64)
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> SilentServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
