@@ -1,0 +1,338 @@
+"""The two ways users create the VM: the Vagrantfile and the terraform/ root module.
+
+Neither can create a VM here (no hypervisor, and Terraform's providers cannot be
+downloaded), so these tests check what can be checked without one: `vagrant validate`,
+`terraform fmt`, the HCL's structure, and that the templates Terraform renders give a
+cloud-init document and an inventory `ansible-inventory` accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+TERRAFORM_DIR = REPO_ROOT / "terraform"
+VAGRANTFILE = REPO_ROOT / "Vagrantfile"
+SITE_YML = REPO_ROOT / "ansible" / "site.yml"
+
+# DESIGN.md: every UI and API the user opens (never 2024).
+PLATFORM_PORTS = {5000, 8080, 8001, 8000, 8503, 9000, 9001}
+SAMPLE_ADDRESS = "192.0.2.10"
+# A comment with ": " would break a plain YAML scalar: the template must quote it.
+SAMPLE_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests user@laptop: test"
+
+VAGRANT = shutil.which("vagrant")
+TERRAFORM = shutil.which("terraform")
+
+
+def service_groups() -> set[str]:
+    """The inventory groups site.yml has a play for: the VM must be in each."""
+    plays = yaml.safe_load(SITE_YML.read_text())
+    return {p["hosts"] for p in plays} - {"all", "localhost"}
+
+
+def unquote(value: str) -> str:
+    # python-hcl2 keeps the quotes of string literals and block labels.
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
+def load_hcl() -> dict[str, list[dict[str, Any]]]:
+    """Every top-level block of every .tf file, merged by block type."""
+    merged: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(TERRAFORM_DIR.glob("*.tf")):
+        with path.open() as f:
+            for kind, blocks in hcl2.load(f).items():
+                merged.setdefault(kind, []).extend(blocks)
+    return merged
+
+
+def resources(hcl: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], dict[str, Any]]:
+    found = {}
+    for block in hcl.get("resource", []):
+        for rtype, named in block.items():
+            for name, body in named.items():
+                found[(unquote(rtype), unquote(name))] = body
+    return found
+
+
+def labelled(hcl: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, dict[str, Any]]:
+    return {unquote(k): v for block in hcl.get(kind, []) for k, v in block.items()}
+
+
+def templatefile_call(expression: str) -> tuple[Path, set[str]]:
+    """The template path and the variable names of a `templatefile(path, {k = v, ...})`."""
+    match = re.search(r'templatefile\("\$\{path\.module\}/([^"]+)", \{(.*)\}\)', expression)
+    assert match, f"not a templatefile() of a file in the module: {expression}"
+    keys = set(re.findall(r"(?:^|, )(\w+) = ", match.group(2)))
+    return TERRAFORM_DIR / match.group(1), keys
+
+
+PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Terraform's templatefile() for the subset the templates use: ${name} and
+    ${jsonencode(name)}. Anything else fails, so a template that outgrows this renderer
+    cannot pass unnoticed (and test_renderer_agrees_with_terraform checks it against
+    Terraform itself)."""
+    assert "%{" not in template, "template directives are not supported by this renderer"
+
+    def substitute(match: re.Match[str]) -> str:
+        expr = match.group(1).strip()
+        if m := re.fullmatch(r"jsonencode\((\w+)\)", expr):
+            return json.dumps(values[m.group(1)])
+        assert re.fullmatch(r"\w+", expr), f"unsupported template expression: ${{{expr}}}"
+        return values[expr]
+
+    return PLACEHOLDER.sub(substitute, template)
+
+
+def placeholders(template: str) -> set[str]:
+    names = set()
+    for expr in PLACEHOLDER.findall(template):
+        m = re.fullmatch(r"\s*(?:jsonencode\()?(\w+)\)?\s*", expr)
+        assert m, f"unsupported template expression: ${{{expr}}}"
+        names.add(m.group(1))
+    return names
+
+
+SAMPLE_VALUES = {
+    "host_name": "forest-cover-mlops",
+    "hostname": "forest-cover-mlops",
+    "address": SAMPLE_ADDRESS,
+    "admin_user": "mlops",
+    "ssh_public_key": SAMPLE_SSH_KEY,
+    "ssh_private_key_file": "/home/user/.ssh/id ed25519",
+}
+
+
+# --- Vagrant -------------------------------------------------------------------------
+
+
+def vagrant(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        **os.environ,
+        # Keep Vagrant's state out of the repository and the user's home.
+        "VAGRANT_DOTFILE_PATH": str(tmp_path / "dotfile"),
+        "VAGRANT_HOME": str(tmp_path / "home"),
+        "VAGRANT_CHECKPOINT_DISABLE": "1",
+        **env,
+    }
+    return subprocess.run(
+        [VAGRANT or "vagrant", *args],
+        cwd=REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(VAGRANT is None, reason="vagrant is not installed (scripts/bootstrap.sh)")
+def test_vagrant_validate(tmp_path: Path) -> None:
+    # --ignore-provider: neither VirtualBox nor vagrant-libvirt is installed here; the
+    # rest (network, forwarded ports, the Ansible provisioner's options) is validated.
+    result = vagrant(tmp_path, "validate", "--ignore-provider")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validated successfully" in result.stdout
+
+
+@pytest.mark.skipif(VAGRANT is None, reason="vagrant is not installed (scripts/bootstrap.sh)")
+def test_vagrant_validate_rejects_a_bad_size(tmp_path: Path) -> None:
+    result = vagrant(tmp_path, "validate", "--ignore-provider", MLOPS_VM_CPUS="four")
+    assert result.returncode != 0
+    assert "Integer" in result.stdout + result.stderr
+
+
+def test_vagrantfile_forwards_every_port_and_runs_site_yml() -> None:
+    text = VAGRANTFILE.read_text()
+    ports_block = re.search(r"FORWARDED_PORTS = \{(.*?)\}\.freeze", text, re.S)
+    assert ports_block
+    ports = {int(p) for p in re.findall(r"=> (\d+)", ports_block.group(1))}
+    assert ports == PLATFORM_PORTS
+    # Same port on the host as in the VM, so make up's localhost URLs work unchanged.
+    assert re.search(r'"forwarded_port",.*guest: port, host: port,', text)
+    assert "2024" not in text
+
+    assert re.search(r'ansible\.playbook = "ansible/site\.yml"', text)
+    assert (REPO_ROOT / "ansible" / "site.yml").is_file()
+    assert re.search(r'ansible\.compatibility_mode = "2\.0"', text)
+    groups_block = re.search(r"SERVICE_GROUPS = %w\[(.*?)\]", text)
+    assert groups_block
+    assert set(groups_block.group(1).split()) == service_groups()
+    assert re.search(r"config\.vm\.box = BOX\b", text)
+    assert re.search(
+        r'BOX = ENV\.fetch\("MLOPS_VM_BOX", "(debian/trixie64|bento/debian-13)"\)', text
+    )
+    assert re.search(r'ENV\.fetch\("MLOPS_VM_CPUS", "4"\)', text)
+    assert re.search(r'ENV\.fetch\("MLOPS_VM_MEMORY", "8192"\)', text)
+    assert re.search(r'config\.vm\.provider "virtualbox"', text)
+    assert re.search(r'config\.vm\.provider "libvirt"', text)
+    assert re.search(r'"private_network", ip: PRIVATE_IP', text)
+
+
+# --- Terraform -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(TERRAFORM is None, reason="terraform is not installed")
+def test_terraform_fmt() -> None:
+    result = subprocess.run(
+        [TERRAFORM or "terraform", "fmt", "-check", "-recursive", "terraform/"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"not formatted: {result.stdout} {result.stderr}"
+
+
+def test_providers_are_pinned_exactly() -> None:
+    (terraform,) = load_hcl()["terraform"]
+    (providers,) = terraform["required_providers"]
+    providers = {k: v for k, v in providers.items() if not k.startswith("__")}
+    assert unquote(providers["libvirt"]["source"]) == "dmacvicar/libvirt"
+    for name, spec in providers.items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", unquote(spec["version"])), name
+
+
+def test_resources_build_the_vm_and_the_inventory() -> None:
+    hcl = load_hcl()
+    found = resources(hcl)
+    base = found[("libvirt_volume", "base")]
+    assert base["source"] == "${var.base_image_url}"
+    default_image = unquote(labelled(hcl, "variable")["base_image_url"]["default"])
+    assert default_image.endswith("/trixie/latest/debian-13-genericcloud-amd64.qcow2")
+    root = found[("libvirt_volume", "root")]
+    assert root["base_volume_id"] == "${libvirt_volume.base.id}"
+    assert "var.disk_size_gb" in root["size"]
+
+    cloudinit = found[("libvirt_cloudinit_disk", "init")]
+    template, _ = templatefile_call(cloudinit["user_data"])
+    assert template.name == "cloud-init.yaml.tftpl"
+
+    domain = found[("libvirt_domain", "mlops")]
+    assert domain["cloudinit"] == "${libvirt_cloudinit_disk.init.id}"
+    assert domain["vcpu"] == "${var.vcpu}"
+    assert domain["memory"] == "${var.memory_mb}"
+    assert domain["disk"][0]["volume_id"] == "${libvirt_volume.root.id}"
+    assert domain["network_interface"][0]["wait_for_lease"] is True
+
+    inventory = found[("local_file", "inventory")]
+    template, _ = templatefile_call(inventory["content"])
+    assert template.name == "inventory.yml.tftpl"
+
+    # The playbook run is optional, off unless asked for.
+    run = found[("terraform_data", "ansible")]
+    assert run["count"] == "${var.run_ansible ? 1 : 0}"
+    assert labelled(hcl, "variable")["run_ansible"]["default"] is False
+    command = run["provisioner"][0]['"local-exec"']["command"]
+    assert "site.yml" in command
+
+
+def test_variables_and_outputs() -> None:
+    hcl = load_hcl()
+    variables = labelled(hcl, "variable")
+    for name in (
+        "vm_name",
+        "vcpu",
+        "memory_mb",
+        "disk_size_gb",
+        "network_name",
+        "ssh_public_key",
+        "admin_user",
+        "libvirt_uri",
+        "run_ansible",
+    ):
+        assert name in variables, name
+    assert "address" in labelled(hcl, "output")
+
+    # What terraform validate would catch first: a var.x that is not declared, or a
+    # variable nothing uses.
+    source = "\n".join(p.read_text() for p in TERRAFORM_DIR.glob("*.tf"))
+    used = set(re.findall(r"\bvar\.(\w+)", source))
+    assert used == set(variables)
+
+    with (TERRAFORM_DIR / "terraform.tfvars.example").open() as f:
+        example = {k for k in hcl2.load(f) if not k.startswith("__")}
+    assert example <= set(variables)
+    assert "ssh_public_key" in example
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [("libvirt_cloudinit_disk", "init", "user_data"), ("local_file", "inventory", "content")],
+)
+def test_template_variables_match_the_call(resource: tuple[str, str, str]) -> None:
+    rtype, name, attribute = resource
+    template, keys = templatefile_call(resources(load_hcl())[(rtype, name)][attribute])
+    assert placeholders(template.read_text()) == keys
+
+
+def rendered(template: str) -> str:
+    return render((TERRAFORM_DIR / "templates" / template).read_text(), SAMPLE_VALUES)
+
+
+def test_inventory_renders_with_every_service_group(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(rendered("inventory.yml.tftpl"))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        # Fail on an inventory Ansible cannot parse instead of warning and going on empty.
+        env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"},
+    )
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(result.stdout)
+    host = SAMPLE_VALUES["host_name"]
+    for group in service_groups():
+        assert listing[group]["hosts"] == [host], group
+    hostvars = listing["_meta"]["hostvars"][host]
+    assert hostvars["ansible_host"] == SAMPLE_ADDRESS
+    assert hostvars["ansible_user"] == "mlops"
+    assert hostvars["ansible_ssh_private_key_file"] == SAMPLE_VALUES["ssh_private_key_file"]
+
+
+def test_cloud_init_creates_the_admin_user_with_the_key() -> None:
+    text = rendered("cloud-init.yaml.tftpl")
+    assert text.startswith("#cloud-config\n")
+    config = yaml.safe_load(text)
+    (user,) = config["users"]
+    assert user["name"] == "mlops"
+    assert user["ssh_authorized_keys"] == [SAMPLE_SSH_KEY]
+    assert user["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    assert config["hostname"] == "forest-cover-mlops"
+    assert "python3" in config["packages"]
+
+
+@pytest.mark.skipif(TERRAFORM is None, reason="terraform is not installed")
+@pytest.mark.parametrize("template", ["inventory.yml.tftpl", "cloud-init.yaml.tftpl"])
+def test_renderer_agrees_with_terraform(template: str, tmp_path: Path) -> None:
+    # templatefile() needs no provider, so `terraform console` in an empty folder renders
+    # the template exactly as `terraform apply` would.
+    path = TERRAFORM_DIR / "templates" / template
+    values = ", ".join(f"{k} = {json.dumps(v)}" for k, v in SAMPLE_VALUES.items())
+    result = subprocess.run(
+        [TERRAFORM or "terraform", "console"],
+        input=f'jsonencode(templatefile("{path}", {{{values}}}))\n',
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    by_terraform = json.loads(json.loads(result.stdout.strip()))
+    assert by_terraform == rendered(template)
