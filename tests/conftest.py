@@ -136,3 +136,34 @@ def small_candidates():  # noqa: ANN201 - list[app.pipeline.candidates.Candidate
     return default_candidates(
         list(SMALL_CANDIDATE_PARAMS), seed=7, n_jobs=1, overrides=SMALL_CANDIDATE_PARAMS
     )
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_globals() -> Iterator[None]:
+    """MLflow's fluent API keeps a process-wide tracking URI, registry URI and experiment;
+    a test that sets them (as a user script would) must not change what the next test sees."""
+    import os
+    import sys
+
+    saved_env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    yield
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    tracking_utils._tracking_uri = None
+    registry_utils._registry_uri = None
+    fluent._active_experiment_id = None
+    for name, value in saved_env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -60,15 +60,22 @@ def tracking_uri(uri: str) -> Iterator[None]:
     exports MLFLOW_TRACKING_URI; both are restored so a caller's own setting survives."""
     # No public getter tells a URI set by set_tracking_uri apart from the environment's or the
     # default, so read MLflow's own module global (getattr: tolerate it being renamed).
+    from mlflow.tracking import fluent
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     previous = getattr(tracking_utils, "_tracking_uri", None)
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    # An experiment a caller chose with mlflow.set_experiment() would make re-entering one of
+    # our runs by id fail ("active experiment ID does not match"): every run here names its
+    # experiment explicitly, so clear the caller's choice for the block and give it back after.
+    previous_experiment = getattr(fluent, "_active_experiment_id", None)
+    fluent._active_experiment_id = None
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        fluent._active_experiment_id = previous_experiment
         if previous_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
