@@ -34,17 +34,32 @@ def settings(mlflow_server: MlflowServer) -> MlflowSettings:
     )
 
 
+# A tracking URI the caller of run_training had chosen; the run must give it back untouched.
+CALLER_URI = "http://callers-own-setting.invalid:5000"
+GLOBALS_AFTER_RUN: dict[str, object] = {}
+
+
 @pytest.fixture(scope="module")
 def finished_run(covertype_frames, settings, small_candidates) -> TrainingResult:
     train, holdout = covertype_frames
-    return run_training(
-        train,
-        holdout,
-        RunMetadata(group_number=3, data_fingerprint="f" * 64, dag_run_id="manual__2026-01-01"),
-        mlflow_settings=settings,
-        training_settings=TrainingSettings(),
-        candidates=small_candidates,
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", CALLER_URI)
+        mlflow.set_tracking_uri(CALLER_URI)
+        result = run_training(
+            train,
+            holdout,
+            RunMetadata(group_number=3, data_fingerprint="f" * 64, dag_run_id="manual__2026-01-01"),
+            mlflow_settings=settings,
+            training_settings=TrainingSettings(),
+            candidates=small_candidates,
+        )
+        GLOBALS_AFTER_RUN.update(
+            env=os.environ.get("MLFLOW_TRACKING_URI"),
+            uri=mlflow.get_tracking_uri(),
+            active_run=mlflow.active_run(),
+        )
+        mlflow.set_tracking_uri(None)
+    return result
 
 
 def test_run_logs_parent_and_one_child_per_candidate(finished_run, settings, small_candidates):
@@ -109,9 +124,8 @@ def test_champion_registered_with_signature_and_alias_set(finished_run, settings
 
 
 def test_the_run_leaves_no_global_mlflow_setting_behind(finished_run, settings):
-    assert os.environ.get("MLFLOW_TRACKING_URI") != settings.tracking_uri
-    assert mlflow.get_tracking_uri() != settings.tracking_uri
-    assert mlflow.active_run() is None
+    assert settings.tracking_uri != CALLER_URI
+    assert GLOBALS_AFTER_RUN == {"env": CALLER_URI, "uri": CALLER_URI, "active_run": None}
 
 
 def test_model_artifacts_land_in_s3_through_the_proxy(finished_run, settings, s3):
