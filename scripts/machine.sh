@@ -138,6 +138,8 @@ EOF
         # A fresh host key per machine instead of the pristine copy's.
         rm -f "$rootfs"/etc/ssh/ssh_host_*
         chroot "$rootfs" ssh-keygen -A
+        # A persistent journal: `journalctl -b -1` inside shows how the last shutdown went.
+        install -d -m 2755 "$rootfs/var/log/journal"
         # Services that would act on the host's shared network or clock stay off.
         for unit in systemd-networkd.service systemd-resolved.service systemd-timesyncd.service; do
             ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"

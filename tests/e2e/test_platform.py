@@ -1,0 +1,614 @@
+"""End to end: the whole platform on a fresh local machine, the way a user meets it.
+
+scripts/machine.sh builds a Debian 13 machine (systemd-nspawn, sharing the host's network) and
+provisions it with ansible/site.yml; then: every unit of mlops.target is active -> every health
+endpoint answers 200 -> the DAG runs until a model is promoted, and once more with another
+batch -> no generated secret shows in a process list, unit file, journal or task log -> the
+inference API predicts with the served version -> the NiceGUI page predicts in headless
+Chromium -> a second site.yml changes nothing -> the machine restarts and comes back with its
+batches, runs, registered versions and alias intact, and still predicts the same.
+
+Needs root, systemd-nspawn, debootstrap and Debian's chromium; about 10 minutes on 2 cores. The
+machine's disk is rebuilt from the cached pristine rootfs (PURGE), so a local machine left
+stopped by `make down` is replaced; a running one makes the test skip. Each phase's duration goes
+to test-artifacts/e2e-timings.json, with the logs of every machine.sh call and mlops-status
+tables (memory per unit) next to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import psycopg2
+import pytest
+
+from app.settings import MlflowSettings
+from ui import examples
+from ui.feature_form import label_of
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MACHINE = REPO_ROOT / "scripts" / "machine.sh"
+STATE = REPO_ROOT / "var" / "machine"
+SECRETS = REPO_ROOT / "ansible" / ".secrets" / "local"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+# Short, so the DAG's runs get new batches within the test (the course's interval is 300 s),
+# long enough that the 10 batches are not all gone before the second run.
+DATA_API_INTERVAL_SECONDS = 40
+DAG_ID = "forest_cover_mlops_pipeline"
+_MLFLOW = MlflowSettings()
+MODEL_NAME = _MLFLOW.registered_model_name
+ALIAS = _MLFLOW.production_alias
+EXPERIMENT = _MLFLOW.experiment_name
+
+AIRFLOW = "http://127.0.0.1:8080"
+MLFLOW = "http://127.0.0.1:5000"
+INFERENCE = "http://127.0.0.1:8000"
+UI = "http://127.0.0.1:8503"
+HEALTH = {
+    "mlflow": f"{MLFLOW}/health",
+    "airflow": f"{AIRFLOW}/api/v2/monitor/health",
+    "data-api": "http://127.0.0.1:8001/health",
+    "inference-api": f"{INFERENCE}/health",
+    "ui": f"{UI}/health",
+}
+# MinIO runs inside only with MINIO_BINARY; otherwise machine.sh puts an S3 server on the host.
+EXPECTED_UNITS = {
+    "postgresql.service",
+    "mariadb.service",
+    "mlflow.service",
+    "airflow-api-server.service",
+    "airflow-scheduler.service",
+    "airflow-dag-processor.service",
+    "airflow-triggerer.service",
+    "data-api.service",
+    "inference-api.service",
+    "ui.service",
+} | ({"minio.service"} if os.environ.get("MINIO_BINARY") else set())
+
+T = TypeVar("T")
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(os.environ.get("MLOPS_SKIP_E2E") == "1", reason="MLOPS_SKIP_E2E=1 is set"),
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0,
+        reason="needs root: debootstrap and systemd-nspawn build and boot the local machine",
+    ),
+    pytest.mark.skipif(
+        shutil.which("systemd-nspawn") is None or shutil.which("debootstrap") is None,
+        reason="needs systemd-nspawn and debootstrap (apt-get install systemd-container "
+        "debootstrap)",
+    ),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
+    ),
+]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+class Phases:
+    """Wall-clock time per phase, written out even when a phase fails."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        self.notes: dict[str, Any] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.monotonic() - t, 1)
+
+    def write(self, outcome: str) -> None:
+        report = {
+            "outcome": outcome,
+            "total_seconds": round(time.monotonic() - self.started, 1),
+            "phases_seconds": self.seconds,
+            **self.notes,
+        }
+        (ARTIFACTS / "e2e-timings.json").write_text(json.dumps(report, indent=2) + "\n")
+        print("\n" + json.dumps(report, indent=2))
+
+
+def machine(*args: str, log: str, env: dict[str, str] | None = None) -> str:
+    """Run scripts/machine.sh; its output goes to test-artifacts/e2e-<log>.log."""
+    out = ARTIFACTS / f"e2e-{log}.log"
+    proc = subprocess.run(
+        [str(MACHINE), *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    out.write_text(proc.stdout)
+    assert proc.returncode == 0, (
+        f"machine.sh {' '.join(args)} failed ({proc.returncode}); {out}:\n{proc.stdout[-4000:]}"
+    )
+    return proc.stdout
+
+
+def ssh(command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(MACHINE), "ssh", command], capture_output=True, text=True, check=False, timeout=120
+    )
+    if check:
+        assert proc.returncode == 0, f"{command!r} in the machine: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def provision_recap() -> tuple[dict[str, int], list[str]]:
+    """The machine's PLAY RECAP counters in the latest provisioning log, and the tasks that
+    reported a change."""
+    text = (STATE / "logs" / "provision-latest.log").read_text()
+    match = re.search(r"^mlops-local\s*:\s*(.*)$", text, re.MULTILINE)
+    assert match, "no PLAY RECAP line for mlops-local in the provisioning log"
+    counters = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+    changed, task = [], ""
+    for line in text.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.rstrip("* ")
+        elif line.startswith("changed:"):
+            changed.append(task)
+    return counters, changed
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    what: str,
+    timeout: float,
+    interval: float = 5.0,
+    diagnose: Callable[[], str] | None = None,
+) -> T:
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+        except (httpx.HTTPError, psycopg2.Error, KeyError, ValueError) as exc:
+            last_error = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            detail = diagnose() if diagnose else ""
+            pytest.fail(f"{what}: not within {timeout:.0f} s. {last_error}\n{detail}")
+        time.sleep(interval)
+
+
+class Airflow:
+    """The REST API as the generated admin (FAB auth manager, JWT from /auth/token)."""
+
+    def __init__(self, password: str) -> None:
+        self.client = httpx.Client(base_url=AIRFLOW, timeout=30)
+        self.password = password
+        self.token = ""
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for _ in range(2):
+            if not self.token:
+                answer = self.client.post(
+                    "/auth/token", json={"username": "admin", "password": self.password}
+                )
+                assert answer.status_code == 201, f"token: {answer.status_code} {answer.text}"
+                self.token = answer.json()["access_token"]
+            response = self.client.request(
+                method, path, headers={"Authorization": f"Bearer {self.token}"}, **kwargs
+            )
+            if response.status_code != 401:
+                return response
+            self.token = ""  # expired or issued before a restart: log in again
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        code = response.status_code
+        assert code < 300, f"{method} {path}: {code} {response.text}"
+        return response.json()
+
+    def runs(self, *states: str) -> list[dict[str, Any]]:
+        params = [("state", s) for s in states] + [("order_by", "-start_date"), ("limit", "100")]
+        return self.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", params=params)["dag_runs"]
+
+    def task_instances(self, *states: str) -> list[dict[str, Any]]:
+        params = [("state", s) for s in states] + [("limit", "100")]
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/~/taskInstances"
+        return self.json("GET", path, params=params)["task_instances"]
+
+    def run_state(self, run_id: str) -> str:
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+        return str(self.json("GET", path)["state"])
+
+    def trigger(self) -> str:
+        run = self.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None})
+        return str(run["dag_run_id"])
+
+    def dag(self) -> dict[str, Any]:
+        return self.json("GET", f"/api/v2/dags/{DAG_ID}")
+
+    def set_paused(self, paused: bool) -> None:
+        self.json("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": paused})
+
+    def summary(self) -> str:
+        """Task states of the latest runs, for failure messages."""
+        with contextlib.suppress(Exception):
+            lines = [
+                f"{t['dag_run_id'][:44]} {t['task_id']}: {t['state']} (try {t['try_number']})"
+                for t in self.task_instances()
+            ]
+            return "Airflow task instances:\n" + "\n".join(sorted(lines)[-30:])
+        return "Airflow task instances: unavailable"
+
+
+def mlflow_json(path: str, method: str = "GET", **kwargs: Any) -> Any:
+    response = httpx.request(method, f"{MLFLOW}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
+    response.raise_for_status()
+    return response.json()
+
+
+def production_version() -> str | None:
+    response = httpx.get(
+        f"{MLFLOW}/api/2.0/mlflow/registered-models/alias",
+        params={"name": MODEL_NAME, "alias": ALIAS},
+        timeout=30,
+    )
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return str(response.json()["model_version"]["version"])
+
+
+def registry_snapshot() -> dict[str, Any]:
+    versions = mlflow_json(
+        "model-versions/search", params={"filter": f"name='{MODEL_NAME}'", "max_results": 1000}
+    ).get("model_versions", [])
+    experiment = mlflow_json("experiments/get-by-name", params={"experiment_name": EXPERIMENT})[
+        "experiment"
+    ]
+    runs = mlflow_json(
+        "runs/search",
+        method="POST",
+        json={"experiment_ids": [experiment["experiment_id"]], "max_results": 1000},
+    ).get("runs", [])
+    return {
+        "versions": {v["version"]: (v["run_id"], v["status"]) for v in versions},
+        "alias": production_version(),
+        "runs": {
+            r["info"]["run_id"]: (r["info"]["status"], r["info"].get("end_time")) for r in runs
+        },
+    }
+
+
+def batches_dsn() -> str:
+    password = (SECRETS / "postgresql-batches-reader").read_text().strip()
+    return f"postgresql://batches_reader:{password}@127.0.0.1:5432/batches_db"
+
+
+def batches_snapshot() -> dict[str, Any]:
+    conn = psycopg2.connect(batches_dsn(), connect_timeout=10)
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute(
+            "SELECT group_number, batch_number, fetch_count, rows_stored, train_rows,"
+            " holdout_rows FROM batch_statistics ORDER BY 1, 2"
+        )
+        batches = [tuple(row) for row in cur.fetchall()]
+        cur.execute("SELECT count(*) FROM covertype_rows")
+        (rows,) = cur.fetchone()  # type: ignore[misc]
+    return {"batches": batches, "rows": int(rows)}
+
+
+def seconds_since_last_fetch() -> float:
+    conn = psycopg2.connect(batches_dsn(), connect_timeout=10)
+    with contextlib.closing(conn), conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM now() - max(last_seen_at)) FROM batch_status")
+        (seconds,) = cur.fetchone()  # type: ignore[misc]
+    return float(seconds)
+
+
+def mlops_status(name: str) -> str:
+    """mlops-status inside the machine (unit states, memory, endpoints), kept as an artifact."""
+    proc = ssh("mlops-status", check=False)
+    (ARTIFACTS / f"e2e-status-{name}.txt").write_text(proc.stdout + proc.stderr)
+    return proc.stdout
+
+
+def assert_units_active() -> None:
+    wants = ssh("systemctl show -p Wants --value mlops.target").stdout.split()
+    assert set(wants) == EXPECTED_UNITS, f"mlops.target wants {sorted(wants)}"
+    for unit in sorted(EXPECTED_UNITS):
+        state = ssh(f"systemctl is-active {unit}", check=False).stdout.strip()
+        enabled = ssh(f"systemctl is-enabled {unit}", check=False).stdout.strip()
+        assert state == "active", (
+            f"{unit} is {state}: "
+            + ssh(f"journalctl -u {unit} -n 40 --no-pager", check=False).stdout
+        )
+        # Enabled (or pulled in by the enabled target): it must come back after a reboot.
+        assert enabled in ("enabled", "static", "indirect", "alias"), f"{unit} is {enabled}"
+
+
+def assert_healthy() -> None:
+    for name, url in HEALTH.items():
+        response = httpx.get(url, timeout=15)
+        assert response.status_code == 200, f"{name} {url}: {response.status_code} {response.text}"
+    airflow = httpx.get(HEALTH["airflow"], timeout=15).json()
+    for component in ("metadatabase", "scheduler", "dag_processor", "triggerer"):
+        assert airflow[component]["status"] == "healthy", f"Airflow {component}: {airflow}"
+    status = ssh("mlops-status", check=False)
+    assert status.returncode == 0, f"mlops-status:\n{status.stdout}"
+
+
+def assert_no_secret_exposed() -> None:
+    """No generated secret in a process list, a unit file, the journal or a task log, and the
+    files that hold them readable by root and their service only."""
+    secrets = {p.name: p.read_text().strip() for p in SECRETS.iterdir() if p.is_file()}
+    assert secrets, f"no generated secrets in {SECRETS}"
+    places = {
+        "process list": ssh("ps -eo user,args --no-headers").stdout,
+        "unit files": ssh("cat /etc/systemd/system/*.service /etc/systemd/system/*.target").stdout,
+        "journal": ssh("journalctl --no-pager -o cat").stdout,
+        "Airflow task logs": ssh(
+            "find /var/lib/airflow/airflow/logs -name '*.log' -exec cat {} +", check=False
+        ).stdout,
+    }
+    leaks = [
+        f"{name} in the {place}"
+        for name, value in secrets.items()
+        for place, text in places.items()
+        if value in text
+    ]
+    assert not leaks, leaks
+    modes = ssh("stat -c '%a %U %G %n' /etc/mlops/*.env /etc/mlops/airflow.cfg").stdout
+    for line in modes.splitlines():
+        mode, owner, group, path = line.split()
+        assert (mode, owner) == ("640", "root") and group != "root", line
+
+
+def predict(record: dict[str, int | str]) -> dict[str, Any]:
+    response = httpx.post(f"{INFERENCE}/predict", json=record, timeout=60)
+    assert response.status_code == 200, f"/predict: {response.status_code} {response.text}"
+    return response.json()
+
+
+def predict_in_browser(record: dict[str, int | str], answer: dict[str, Any]) -> None:
+    """Fill the NiceGUI form with `record`, press Predict, and see the API's answer."""
+    from playwright.sync_api import expect, sync_playwright
+
+    prediction = answer["predictions"][0]
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(UI)
+            expect(page.get_by_label("Elevation", exact=True)).not_to_have_value("")
+            for column, value in record.items():
+                if isinstance(value, int):
+                    page.get_by_label(label_of(column), exact=True).fill(str(value))
+            page.get_by_label(label_of("Wilderness_Area"), exact=True).click()
+            page.get_by_role("option", name=str(record["Wilderness_Area"]), exact=True).click()
+            soil = page.get_by_label(label_of("Soil_Type"), exact=True)
+            soil.click()
+            soil.fill(str(record["Soil_Type"]))
+            page.get_by_role("option", name=f"{record['Soil_Type']} (Soil type").first.click()
+            page.get_by_role("button", name="Predict").click()
+            version = f"Model {MODEL_NAME} version {answer['model_version']} ({ALIAS})"
+            expect(page.get_by_text(version)).to_be_visible()
+            expect(page.get_by_text(prediction["cover_type_name"], exact=True)).to_be_visible()
+            expect(page.get_by_text(f"cover type {prediction['cover_type']}")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "e2e-ui-predict.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
+# --- the test ---------------------------------------------------------------------------------
+@pytest.fixture
+def exclusive_machine() -> Iterator[None]:
+    """One e2e run at a time, and never over a machine someone is using."""
+    STATE.mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with (STATE / "e2e.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pytest.skip("another end-to-end run holds var/machine/e2e.lock")
+        pid_file = STATE / "nspawn.pid"
+        if pid_file.exists() and Path(f"/proc/{pid_file.read_text().strip()}").exists():
+            pytest.skip("the local machine is running (make down first): this test rebuilds it")
+        yield
+
+
+def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
+    phases = Phases()
+    outcome = "failed"
+    # A wheel built once, so both provisioning runs install the same bytes even while the
+    # sources are being edited (site.yml would otherwise rebuild it from the working tree).
+    wheel_dir = tmp_path / "wheel"
+    build = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "build-wheel.sh"), str(wheel_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    wheel = build.stdout.strip().splitlines()[-1]
+    ansible_args = {
+        "ANSIBLE_ARGS": f"-e mlops_data_api_interval_seconds={DATA_API_INTERVAL_SECONDS}"
+        f" -e mlops_project_wheel={wheel}"
+    }
+    record = examples.features(
+        next(e for e in examples.EXAMPLES if examples.actual_cover_type(e) == 2)
+    )
+    airflow: Airflow | None = None
+    try:
+        with phases("fresh_machine_and_provisioning"):
+            machine("down", log="purge", env={"PURGE": "1"})
+            machine("up", log="up-fresh", env=ansible_args)
+        counters, _ = provision_recap()
+        assert counters["failed"] == 0 and counters["unreachable"] == 0, counters
+        phases.notes["fresh_recap"] = counters
+
+        with phases("units_and_health"):
+            assert_units_active()
+            assert_healthy()
+        mlops_status("after-provisioning")
+
+        airflow = Airflow((SECRETS / "airflow-admin").read_text().strip())
+        with phases("dag_until_promotion"):
+            assert airflow.dag()["is_paused"] is False, "provisioning must unpause the DAG"
+
+            def promoted() -> str | None:
+                version = production_version()
+                # Speed-up: the schedule is every 5 minutes; start a run whenever none is active.
+                if version is None and not airflow.runs("queued", "running"):
+                    airflow.trigger()
+                return version
+
+            version = wait_until(
+                promoted, "a version with alias production", 15 * 60, 10, airflow.summary
+            )
+            wait_until(
+                lambda: airflow.runs("success"), "a successful DAG run", 5 * 60, 5, airflow.summary
+            )
+        phases.notes["first_promoted_version"] = version
+
+        with phases("second_dag_run"):
+            # Another batch: stored next to the first, and the candidates retrain on both.
+            # Wait until the data API has moved on since the last fetch (it serves the same
+            # batch for DATA_API_INTERVAL_SECONDS).
+            first = batches_snapshot()
+            wait_until(
+                lambda: seconds_since_last_fetch() > DATA_API_INTERVAL_SECONDS + 1,
+                "the data API to move on to the next batch",
+                3 * DATA_API_INTERVAL_SECONDS,
+                2,
+            )
+            run_id = airflow.trigger()
+            state = wait_until(
+                lambda: (s := airflow.run_state(run_id)) in ("success", "failed") and s,
+                f"DAG run {run_id} to finish",
+                10 * 60,
+                5,
+                airflow.summary,
+            )
+            assert state == "success", airflow.summary()
+            second = batches_snapshot()
+            assert len(second["batches"]) > len(first["batches"]), (first, second)
+            assert second["rows"] > first["rows"], (first, second)
+            version = production_version()
+            assert version is not None
+        phases.notes["batches_after_second_run"] = [b[:2] for b in second["batches"]]
+
+        with phases("no_secret_exposed"):
+            assert_no_secret_exposed()
+        phases.notes["served_version"] = version
+
+        with phases("inference_serves_promoted_version"):
+
+            def serving() -> bool:
+                ready = httpx.get(f"{INFERENCE}/ready", timeout=15)
+                return ready.status_code == 200 and ready.json()["version"] == version
+
+            wait_until(serving, f"the inference API serving version {version}", 300, 5)
+            answer = predict(record)
+            assert answer["model_name"] == MODEL_NAME
+            assert answer["model_version"] == version
+            assert answer["model_alias"] == ALIAS
+            (prediction,) = answer["predictions"]
+            assert prediction["cover_type"] in range(1, 8)
+            assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-3
+        mlops_status("after-promotion")
+
+        with phases("ui_predicts_in_chromium"):
+            predict_in_browser(record, answer)
+
+        with phases("repeat_provisioning"):
+            machine("up", log="up-repeat", env=ansible_args)
+        counters, changed = provision_recap()
+        phases.notes["repeat_recap"] = counters
+        assert counters["failed"] == 0, counters
+        assert counters["changed"] == 0, f"a second site.yml changed: {changed}"
+
+        with phases("quiesce_and_snapshot"):
+            # Paused, nothing new is scheduled; tasks already running finish. Then the data
+            # is still, and the restart must bring back exactly this.
+            airflow.set_paused(True)
+            wait_until(
+                lambda: not airflow.task_instances("running", "queued", "restarting"),
+                "no running DAG tasks",
+                10 * 60,
+                5,
+                airflow.summary,
+            )
+            before_batches = batches_snapshot()
+            before_registry = registry_snapshot()
+            before_answer = predict(record)
+            assert before_batches["rows"] > 0 and before_batches["batches"], before_batches
+            assert before_registry["alias"] is not None and before_registry["runs"]
+        phases.notes["batches_before_restart"] = len(before_batches["batches"])
+        phases.notes["rows_before_restart"] = before_batches["rows"]
+        phases.notes["mlflow_runs_before_restart"] = len(before_registry["runs"])
+        phases.notes["versions_before_restart"] = sorted(before_registry["versions"], key=int)
+
+        with phases("machine_down"):
+            # The host's S3 test server keeps MLflow's artifacts in memory: keep it running.
+            machine("down", log="down-restart", env={"KEEP_S3": "1"})
+        with phases("machine_boot_until_healthy"):
+            machine("boot", log="boot")
+        # How each unit stopped at the power-off (the machine keeps a persistent journal).
+        (ARTIFACTS / "e2e-shutdown-journal.txt").write_text(
+            ssh(
+                "journalctl -b -1 -o short-precise --no-pager"
+                " | grep -E 'Stopp|Deactivated|Kill|timed out'",
+                check=False,
+            ).stdout
+        )
+        with phases("after_restart_checks"):
+            assert_units_active()
+            assert_healthy()
+            assert airflow.dag()["is_paused"] is True, "the DAG's pause must survive a restart"
+            assert batches_snapshot() == before_batches
+            after_registry = registry_snapshot()
+            assert after_registry == before_registry
+            alias_version = after_registry["alias"]
+
+            def serving_again() -> bool:
+                ready = httpx.get(f"{INFERENCE}/ready", timeout=15)
+                return ready.status_code == 200 and ready.json()["version"] == alias_version
+
+            wait_until(serving_again, "the inference API serving the alias again", 300, 5)
+            assert predict(record) == before_answer
+            airflow.set_paused(False)
+        mlops_status("after-restart")
+        outcome = "passed"
+    finally:
+        with contextlib.suppress(Exception), phases("final_down"):
+            machine("down", log="down-final")
+        phases.write(outcome)
