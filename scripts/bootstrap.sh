@@ -13,7 +13,7 @@ command -v apt-get >/dev/null || die "needs a Debian-family system with apt-get;
 
 # Debian packages: PostgreSQL and a MySQL-compatible server (binaries only; the tests run their
 # own throwaway instances), python3-venv for the dev venv, vagrant for `vagrant validate`.
-packages=(postgresql mariadb-server python3-venv python3-dev gcc wrk curl ca-certificates chromium vagrant)
+packages=(postgresql mariadb-server python3-venv python3-dev gcc wrk curl ca-certificates chromium debootstrap systemd-container vagrant)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
