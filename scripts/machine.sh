@@ -208,7 +208,14 @@ provision() {
     if [ -n "${MINIO_BINARY:-}" ]; then
         printf '{"minio_binary_src": "%s"}\n' "$(readlink -f "$MINIO_BINARY")" >"$extra"
     else
-        printf '{"mlops_s3_external_endpoint_url": "http://127.0.0.1:%s", "mlops_s3_external_access_key": "moto-local", "mlops_s3_external_secret_key": "moto-local-secret"}\n' "$s3_port" >"$extra"
+        # The stand-in S3 accepts any keys; generate them once per machine, like every secret.
+        local keys="$state/s3-keys" access secret
+        if [ ! -s "$keys" ]; then
+            (umask 077 && printf '%s %s\n' "$(od -An -N10 -tx1 /dev/urandom | tr -d ' \n')" \
+                "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" >"$keys")
+        fi
+        read -r access secret <"$keys"
+        (umask 077 && printf '{"mlops_s3_external_endpoint_url": "http://127.0.0.1:%s", "mlops_s3_external_access_key": "%s", "mlops_s3_external_secret_key": "%s"}\n' "$s3_port" "$access" "$secret" >"$extra")
     fi
     local t; t=$(date +%s)
     (
