@@ -21,7 +21,7 @@ from tests.conftest import REPO_ROOT, SMALL_CANDIDATE_PARAMS
 from tests.mlflow_server import MlflowServer
 from tests.servers import PostgresServer
 from tests.test_data_api_process import data_api_process
-from tests.test_data_client import CourseServer, Reply, ScriptedServer, make_handler
+from tests.test_data_client import CourseServer, Reply, ScriptedServer, scripted_server
 
 DAG_ID = "forest_cover_mlops_pipeline"
 AIRFLOW = Path(sys.executable).parent / "airflow"
@@ -113,19 +113,8 @@ def _alias_version(tracking_uri: str, name: str) -> str | None:
 
 @pytest.fixture
 def scripted_api() -> Iterator[ScriptedServer]:
-    import threading
-    from http.server import ThreadingHTTPServer
-
-    script = ScriptedServer()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
-    httpd.daemon_threads = True
-    script.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield script
-    script.release.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with scripted_server() as script:
+        yield script
 
 
 # --- integrity ------------------------------------------------------------------------------

@@ -105,18 +105,27 @@ def make_handler(script: ScriptedServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def server() -> Iterator[ScriptedServer]:
+@contextlib.contextmanager
+def scripted_server() -> Iterator[ScriptedServer]:
+    """A ScriptedServer listening on a free loopback port until the block ends."""
     script = ScriptedServer()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(script))
     httpd.daemon_threads = True
     script.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield script
-    script.release.set()
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield script
+    finally:
+        script.release.set()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with scripted_server() as script:
+        yield script
 
 
 def client(server: ScriptedServer, timeouts: Timeouts = FAST) -> DataApiClient:
