@@ -76,14 +76,53 @@ def assert_rows_from_batch(rows: list[list[str]], batch_number: int, k: int = SA
     assert not outside, f"{len(outside)} rows are not from batch {batch_number}, e.g. {outside}"
 
 
-def possible_batches(
-    before: float, after: float, first_before: float, first_after: float, interval: float
-) -> tuple[int, int]:
-    """The batch numbers a request sent at [before, after] may see, given that the group
-    started somewhere in [first_before, first_after]."""
-    low = int(max(0.0, before - first_after) // interval) + 1
-    high = int(max(0.0, after - first_before) // interval) + 1
-    return low, high
+class Paced:
+    """Requests of one group, each with the times it was sent and answered.
+
+    The server moves a group on when a request comes at least the interval after its previous
+    move, and it decides at some instant between a request's send and receive times. So a
+    request sent an interval after the previous move's answer *must* bring the next batch,
+    and one answered less than an interval after the previous move was sent *must not*.
+    """
+
+    def __init__(self, client: TestClient, group: int, interval: float) -> None:
+        self.client = client
+        self.group = group
+        self.interval = interval
+        self.moved: tuple[float, float] | None = None  # (sent, received) of the last move
+        self.last_batch = 0
+
+    def get(self) -> Any:
+        sent = time.time()
+        r = self.client.get(f"/data?group_number={self.group}")
+        received = time.time()
+        if r.status_code == 200 and r.json()["batch_number"] != self.last_batch:
+            self.moved = (sent, received)
+            self.last_batch = r.json()["batch_number"]
+        return r
+
+    def wait(self, intervals: float) -> None:
+        """Sleep until `intervals` intervals after the last move was answered."""
+        assert self.moved is not None
+        time.sleep(max(0.0, self.moved[1] + intervals * self.interval - time.time()))
+
+    def next_batch(self, idle_intervals: float = 1.2) -> Any:
+        """Wait, then ask: the answer must be the batch after the last one (or the 400)."""
+        before = self.last_batch
+        self.wait(idle_intervals)
+        r = self.get()
+        if r.status_code == 200:
+            assert r.json()["batch_number"] == before + 1, (before, r.json()["batch_number"])
+        return r
+
+    def same_batch(self) -> Any:
+        """Ask right away: unless the machine stalled for an interval, the batch is unchanged."""
+        assert self.moved is not None
+        before = self.last_batch
+        r = self.get()
+        if time.time() - self.moved[0] < self.interval:
+            assert r.status_code == 200 and r.json()["batch_number"] == before
+        return r
 
 
 # --- contract ---------------------------------------------------------------------------------
@@ -109,36 +148,23 @@ def test_two_responses_are_independent_samples_of_the_same_batch(client: TestCli
     assert {tuple(r) for r in first["data"]} != {tuple(r) for r in second["data"]}
 
 
-def test_batches_advance_with_time_and_then_run_out(tmp_path: Path) -> None:
+def test_batches_advance_one_per_request_an_interval_apart_then_run_out(
+    tmp_path: Path,
+) -> None:
     interval = 0.4
     settings = make_settings(tmp_path, interval_seconds=interval)
     with TestClient(create_app(settings)) as c:
-        first_before = time.time()
-        r = c.get("/data?group_number=7")
-        first_after = time.time()
-        assert r.status_code == 200
-        assert r.json()["batch_number"] == 1
-        seen = [1]
-        for target in range(2, 11):
-            # Aim at the middle of the target batch; the bracket check below tolerates a slow
-            # machine, the rows check pins the batch the server claims.
-            time.sleep(max(0.0, first_after + (target - 0.5) * interval - time.time()))
-            before = time.time()
-            r = c.get("/data?group_number=7")
-            after = time.time()
-            if r.status_code == 400:
-                assert after - first_before >= 10 * interval
-                break
-            body = r.json()
-            low, high = possible_batches(before, after, first_before, first_after, interval)
-            assert low <= body["batch_number"] <= high
-            assert body["batch_number"] >= seen[-1]
-            assert_rows_from_batch(body["data"], body["batch_number"])
-            seen.append(body["batch_number"])
-        assert max(seen) >= 2, "the batch never advanced"
+        group = Paced(c, 7, interval)
+        r = group.get()
+        assert r.status_code == 200 and r.json()["batch_number"] == 1
+        assert_rows_from_batch(group.same_batch().json()["data"], 1)
+        for batch in range(2, 11):
+            body = group.next_batch().json()
+            assert_rows_from_batch(body["data"], batch)
+            assert_rows_from_batch(group.same_batch().json()["data"], batch)
 
-        time.sleep(max(0.0, first_after + 10 * interval + 0.05 - time.time()))
-        r = c.get("/data?group_number=7")
+        # The last batch, too, is served for an interval; the request after that is the 400.
+        r = group.next_batch()
         assert r.status_code == 400
         body = r.json()
         assert body["status_code"] == 400
@@ -151,6 +177,7 @@ def test_batches_advance_with_time_and_then_run_out(tmp_path: Path) -> None:
         }
         # It stays exhausted until restarted.
         assert c.get("/data?group_number=7").status_code == 400
+        assert c.get("/").json()["group_progress"]["7"] == "all batches served"
 
         r = c.get("/restart_data_generation?group_number=7")
         assert r.status_code == 200
@@ -161,13 +188,31 @@ def test_batches_advance_with_time_and_then_run_out(tmp_path: Path) -> None:
         assert_rows_from_batch(r.json()["data"], 1)
 
 
+def test_a_client_away_for_three_intervals_gets_the_next_batch_not_a_later_one(
+    tmp_path: Path,
+) -> None:
+    interval = 0.5
+    with TestClient(create_app(make_settings(tmp_path, interval_seconds=interval))) as c:
+        group = Paced(c, 4, interval)
+        assert group.get().json()["batch_number"] == 1
+        assert group.next_batch().json()["batch_number"] == 2
+        # Away for more than three intervals: a clock-driven server would now be on batch 5.
+        body = group.next_batch(idle_intervals=3.5).json()
+        assert body["batch_number"] == 3
+        assert_rows_from_batch(body["data"], 3)
+        # The interval counts from that request, not from when batch 3 "would" have begun.
+        assert group.same_batch().json()["batch_number"] == 3
+        assert group.next_batch().json()["batch_number"] == 4
+        assert c.get("/").json()["group_progress"]["4"] == 4
+
+
 def test_restart_midway_goes_back_to_batch_one(tmp_path: Path) -> None:
     interval = 0.3
     with TestClient(create_app(make_settings(tmp_path, interval_seconds=interval))) as c:
-        assert c.get("/data?group_number=2").json()["batch_number"] == 1
-        started = time.time()  # after the group's start: sleeping from here is long enough
-        time.sleep(max(0.0, started + 2.5 * interval - time.time()))
-        assert c.get("/data?group_number=2").json()["batch_number"] >= 3
+        group = Paced(c, 2, interval)
+        assert group.get().json()["batch_number"] == 1
+        group.next_batch()
+        assert group.next_batch().json()["batch_number"] == 3
         assert c.get("/restart_data_generation?group_number=2").status_code == 200
         body = c.get("/data?group_number=2").json()
         assert body["batch_number"] == 1
@@ -188,24 +233,19 @@ def test_restart_of_a_group_that_never_started_is_fine(client: TestClient) -> No
 def test_groups_progress_independently(tmp_path: Path) -> None:
     interval = 0.5
     with TestClient(create_app(make_settings(tmp_path, interval_seconds=interval))) as c:
-        first_before = time.time()
-        assert c.get("/data?group_number=1").json()["batch_number"] == 1
-        first_after = time.time()
-        time.sleep(max(0.0, first_after + 1.5 * interval - time.time()))
-        # Group 3 starts now, at batch 1, while group 1 is on batch 2 or later.
+        g1 = Paced(c, 1, interval)
+        assert g1.get().json()["batch_number"] == 1
+        assert_rows_from_batch(g1.next_batch().json()["data"], 2)
+        # Group 3 starts now, at batch 1, while group 1 is on batch 2; group 3's request does
+        # not move group 1.
         g3 = c.get("/data?group_number=3").json()
-        before = time.time()
-        g1 = c.get("/data?group_number=1").json()
-        after = time.time()
         assert g3["batch_number"] == 1
         assert_rows_from_batch(g3["data"], 1)
-        low, high = possible_batches(before, after, first_before, first_after, interval)
-        assert low >= 2 and low <= g1["batch_number"] <= high
-        assert_rows_from_batch(g1["data"], g1["batch_number"])
+        assert g1.same_batch().json()["batch_number"] == 2
         # Restarting group 1 leaves group 3 alone.
         c.get("/restart_data_generation?group_number=1")
         assert c.get("/data?group_number=1").json()["batch_number"] == 1
-        assert isinstance(c.get("/").json()["group_progress"]["3"], int)
+        assert c.get("/").json()["group_progress"]["3"] == 1
 
 
 def test_fewer_batches_and_groups_follow_the_settings(tmp_path: Path) -> None:
@@ -317,16 +357,26 @@ def test_without_a_seed_two_services_draw_different_samples(tmp_path: Path) -> N
 # --- state ----------------------------------------------------------------------------------
 
 
-def test_state_file_records_the_group_start(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path)
+def test_state_file_records_each_group_s_batch_and_its_move(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, interval_seconds=0.3)
     with TestClient(create_app(settings)) as c:
         before = time.time()
         c.get("/data?group_number=6")
         after = time.time()
         doc = json.loads(settings.state_file.read_text())
-        assert doc["format"] == 1
+        assert doc["format"] == 2
         assert set(doc["groups"]) == {"6"}
-        assert before <= doc["groups"]["6"]["started_at"] <= after
+        entry = doc["groups"]["6"]
+        assert entry["batch_number"] == 1 and entry["exhausted"] is False
+        assert before <= entry["advanced_at"] <= after
+        # Requests that do not move the group leave the file alone.
+        c.get("/data?group_number=6")
+        assert json.loads(settings.state_file.read_text()) == doc
+        group = Paced(c, 6, 0.3)
+        group.moved, group.last_batch = (before, after), 1
+        group.next_batch()
+        entry = json.loads(settings.state_file.read_text())["groups"]["6"]
+        assert entry["batch_number"] == 2 and entry["advanced_at"] >= after + 0.3
         c.get("/restart_data_generation?group_number=6")
         assert json.loads(settings.state_file.read_text())["groups"] == {}
     # Atomic writes leave no temporary files behind.
@@ -334,13 +384,17 @@ def test_state_file_records_the_group_start(tmp_path: Path) -> None:
 
 
 def test_progress_carries_over_to_a_new_app_on_the_same_state_file(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, interval_seconds=0.3)
+    interval = 0.3
+    settings = make_settings(tmp_path, interval_seconds=interval)
     with TestClient(create_app(settings)) as c:
-        c.get("/data?group_number=8")
-        started = time.time()
-    time.sleep(max(0.0, started + 1.5 * 0.3 - time.time()))
+        group = Paced(c, 8, interval)
+        group.get()
+        assert group.next_batch().json()["batch_number"] == 2
     with TestClient(create_app(settings)) as c:
-        assert c.get("/data?group_number=8").json()["batch_number"] >= 2
+        again = Paced(c, 8, interval)
+        again.moved, again.last_batch = group.moved, group.last_batch
+        assert again.same_batch().json()["batch_number"] == 2
+        assert again.next_batch().json()["batch_number"] == 3
         assert c.get("/data?group_number=9").json()["batch_number"] == 1
 
 
@@ -350,11 +404,12 @@ def test_progress_carries_over_to_a_new_app_on_the_same_state_file(tmp_path: Pat
         b"{not json",
         b"\xff\xfe garbage",
         b"[]",
-        b'{"format": 2, "groups": {}}',
+        b'{"format": 3, "groups": {}}',
         b'{"format": 1}',
         b'{"format": 1, "groups": []}',
         b'{"format": 1, "groups": {"1": {}}}',
         b'{"format": 1, "groups": {"1": {"started_at": "yesterday"}}}',
+        b'{"format": 2, "groups": {"1": {"batch_number": 1, "advanced_at": 5}}}',
         b'{"format": 1, "groups": {"1": {"started_at": true}}}',
         b'{"format": 1, "groups": {"1": {"started_at": NaN}}}',
         b'{"format": 1, "groups": {"one": {"started_at": 1.0}}}',
@@ -379,7 +434,7 @@ def test_a_corrupt_state_file_gives_one_warning_and_a_clean_start(
     assert len(aside) == 1 and aside[0].read_bytes() == content
     with TestClient(app) as c:
         assert c.get("/data?group_number=1").json()["batch_number"] == 1
-    assert json.loads(settings.state_file.read_text())["format"] == 1
+    assert json.loads(settings.state_file.read_text())["format"] == 2
 
 
 def test_a_state_file_that_is_a_directory_gives_a_warning_not_a_crash(

@@ -16,7 +16,14 @@ from app.data_api import dataset as dataset_module
 from app.data_api.dataset import DatasetError, batch_bounds, load_dataset
 from app.data_api.responses import data_body
 from app.data_api.sampling import sample_indices
-from app.data_api.state import StateFileError, load_starts, parse_state, save_starts
+from app.data_api.schedule import AllBatchesServed, Schedule
+from app.data_api.state import (
+    GroupProgress,
+    StateFileError,
+    load_progress,
+    parse_state,
+    save_progress,
+)
 from tests.conftest import SAMPLE_CSV
 
 HEADER = ",".join(COLUMNS)
@@ -189,33 +196,152 @@ def test_a_sample_larger_than_the_population_is_refused() -> None:
 
 def test_state_round_trips_and_leaves_no_temp_files(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "state.json"
-    save_starts(path, {3: 1_700_000_000.25, 1: 1_700_000_100.5})
-    assert load_starts(path, n_groups=10) == {1: 1_700_000_100.5, 3: 1_700_000_000.25}
-    save_starts(path, {})
-    assert load_starts(path, n_groups=10) == {}
+    groups = {
+        3: GroupProgress(batch_number=4, advanced_at=1_700_000_000.25),
+        1: GroupProgress(batch_number=10, advanced_at=1_700_000_100.5, exhausted=True),
+    }
+    save_progress(path, groups)
+    assert load_progress(path, 10, 10, 300.0, now=0.0) == groups
+    save_progress(path, {})
+    assert load_progress(path, 10, 10, 300.0, now=0.0) == {}
     assert [p.name for p in path.parent.iterdir()] == ["state.json"]
 
 
 def test_groups_beyond_the_configured_range_are_dropped(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    save_starts(path, {2: 10.0, 12: 20.0})
-    assert load_starts(path, n_groups=10) == {2: 10.0}
+    save_progress(path, {2: GroupProgress(1, 10.0), 12: GroupProgress(1, 20.0)})
+    assert load_progress(path, 10, 10, 300.0, now=0.0) == {2: GroupProgress(1, 10.0)}
+
+
+def test_a_group_beyond_a_shorter_dataset_has_been_served_it_all(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    save_progress(path, {1: GroupProgress(7, 10.0), 2: GroupProgress(3, 20.0)})
+    assert load_progress(path, 10, 4, 300.0, now=0.0) == {
+        1: GroupProgress(4, 10.0, exhausted=True),
+        2: GroupProgress(3, 20.0),
+    }
+
+
+def test_a_format_1_file_continues_where_the_old_clock_rule_was(tmp_path: Path) -> None:
+    # Written by the service before batches followed requests: start times only.
+    path = tmp_path / "state.json"
+    path.write_text(
+        '{"format": 1, "groups": {"1": {"started_at": 1000.0}, "2": {"started_at": 1900.0},'
+        ' "3": {"started_at": 0}}}'
+    )
+    # At 2000 s with 300 s batches: group 1 is 1000 s in (batch 4, begun at 1900), group 2 is
+    # 100 s in (batch 1), group 3 is 2000 s in: past 5 batches, so all served.
+    assert load_progress(path, 10, 5, 300.0, now=2000.0) == {
+        1: GroupProgress(4, 1900.0),
+        2: GroupProgress(1, 1900.0),
+        3: GroupProgress(5, 1200.0, exhausted=True),
+    }
 
 
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
         ("nope", "not valid JSON"),
-        ("{}", "format-1"),
-        ('{"format": 1, "groups": 3}', "no 'groups'"),
-        ('{"format": 1, "groups": {"1": 5}}', "invalid entry for group '1'"),
-        ('{"format": 1, "groups": {"-1": {"started_at": 5}}}', "invalid entry for group '-1'"),
+        ("{}", "format-2"),
+        ('{"format": 3, "groups": {}}', "format-2"),
+        ('{"format": 2, "groups": 3}', "no 'groups'"),
+        ('{"format": 2, "groups": {"1": 5}}', "invalid entry for group '1'"),
+        (
+            '{"format": 2, "groups": {"-1": {"batch_number": 1, "advanced_at": 5,'
+            ' "exhausted": false}}}',
+            "invalid entry for group '-1'",
+        ),
+        (
+            '{"format": 2, "groups": {"1": {"batch_number": 0, "advanced_at": 5,'
+            ' "exhausted": false}}}',
+            "invalid entry for group '1'",
+        ),
+        (
+            '{"format": 2, "groups": {"1": {"batch_number": 2.0, "advanced_at": 5,'
+            ' "exhausted": false}}}',
+            "invalid entry for group '1'",
+        ),
+        (
+            '{"format": 2, "groups": {"1": {"batch_number": 2, "advanced_at": Infinity,'
+            ' "exhausted": false}}}',
+            "invalid entry",
+        ),
+        (
+            '{"format": 2, "groups": {"1": {"batch_number": 2, "advanced_at": 5,'
+            ' "exhausted": "no"}}}',
+            "invalid entry",
+        ),
+        ('{"format": 2, "groups": {"1": {"started_at": 5}}}', "invalid entry"),
         ('{"format": 1, "groups": {"1": {"started_at": Infinity}}}', "invalid entry"),
     ],
 )
 def test_parse_state_names_what_is_wrong(text: str, reason: str) -> None:
     with pytest.raises(StateFileError, match=reason):
-        parse_state(text)
+        parse_state(text, n_batches=10, interval_seconds=300.0, now=0.0)
+
+
+# --- schedule -------------------------------------------------------------------------------
+
+
+class Clock:
+    """A clock the test sets: the schedule's own `clock` parameter, exact to the second."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def schedule(tmp_path: Path, clock: Clock, n_batches: int = 10) -> Schedule:
+    return Schedule(
+        state_file=tmp_path / "state.json",
+        n_groups=3,
+        n_batches=n_batches,
+        interval_seconds=300.0,
+        clock=clock,
+    )
+
+
+def test_a_group_advances_one_batch_per_request_an_interval_apart(tmp_path: Path) -> None:
+    clock = Clock(10_000.0)
+    s = schedule(tmp_path, clock)
+    served = []
+    for at in (0, 299.9, 300, 300, 599.9, 600, 5_000, 5_000.5, 86_400):
+        clock.now = 10_000.0 + at
+        served.append(s.batch_index(1) + 1)
+    # 300 s after the start: batch 2 from then on. Then 300 s after *that* move (at 600),
+    # batch 3; hours away only ever bring the next batch.
+    assert served == [1, 1, 2, 2, 2, 3, 4, 4, 5]
+    assert s.progress()["1"] == 5 and s.progress()["2"] == "not started"
+
+
+def test_the_last_batch_is_served_an_interval_then_all_is_served(tmp_path: Path) -> None:
+    clock = Clock(0.0)
+    s = schedule(tmp_path, clock, n_batches=2)
+    assert s.batch_index(2) == 0
+    clock.now = 1_000.0
+    assert s.batch_index(2) == 1
+    clock.now = 1_299.0
+    assert s.batch_index(2) == 1
+    clock.now = 1_300.0
+    with pytest.raises(AllBatchesServed):
+        s.batch_index(2)
+    # Exhausted stays exhausted (and survives a new process) until restarted.
+    with pytest.raises(AllBatchesServed):
+        schedule(tmp_path, clock, n_batches=2).batch_index(2)
+    s.restart(2)
+    assert s.batch_index(2) == 0
+
+
+def test_a_clock_set_back_delays_the_next_batch_by_one_interval_at_most(tmp_path: Path) -> None:
+    clock = Clock(100_000.0)
+    s = schedule(tmp_path, clock)
+    s.batch_index(3)
+    clock.now = 10_000.0  # a day back
+    assert s.batch_index(3) == 0
+    clock.now = 10_300.0
+    assert s.batch_index(3) == 1
 
 
 # --- response body --------------------------------------------------------------------------

@@ -125,41 +125,78 @@ def test_a_course_style_client_works_unchanged(tmp_path: Path) -> None:
 # --- persistence across a real restart -------------------------------------------------------
 
 
+def timed_fetch(base_url: str, group_number: int) -> tuple[int, pd.DataFrame, float, float]:
+    """course_style_fetch with the times it was sent and answered: the server decides whether
+    the group moves on at some instant in between."""
+    sent = time.time()
+    batch, frame = course_style_fetch(base_url, group_number)
+    return batch, frame, sent, time.time()
+
+
+def assert_from_batch(frame: pd.DataFrame, batch: int) -> None:
+    start = (batch - 1) * 500
+    assert set(frame.itertuples(index=False, name=None)) <= set(SAMPLE_ROWS[start : start + 500])
+
+
+def test_a_client_away_for_three_intervals_misses_no_batch(tmp_path: Path) -> None:
+    interval = 1.0
+    with data_api_process(tmp_path, "server", DATA_API_INTERVAL_SECONDS=str(interval)) as api:
+        assert course_style_fetch(api.base_url, 2)[0] == 1
+        time.sleep(1.2 * interval)
+        batch, frame, sent, received = timed_fetch(api.base_url, 2)
+        assert batch == 2
+        # No request for more than three intervals: the server's clock alone would be on
+        # batch 5 or 6 by now; the next requests get batch 3, then 4, as if nobody was away.
+        time.sleep(max(0.0, received + 3.5 * interval - time.time()))
+        batch, frame, sent, received = timed_fetch(api.base_url, 2)
+        assert batch == 3
+        assert_from_batch(frame, 3)
+        again, frame, _, answered = timed_fetch(api.base_url, 2)
+        if answered - sent < interval:  # else the machine stalled for a whole interval
+            assert again == 3
+            assert_from_batch(frame, 3)
+        time.sleep(max(0.0, received + 1.2 * interval - time.time()))
+        assert course_style_fetch(api.base_url, 2)[0] == 4
+        info = requests.get(api.base_url + "/", timeout=10).json()
+        assert info["group_progress"]["2"] == 4
+
+
+# --- persistence across a real restart -------------------------------------------------------
+
+
 def test_progress_survives_a_killed_and_restarted_process(tmp_path: Path) -> None:
-    interval = 2.0
+    interval = 1.0
     env = {"DATA_API_INTERVAL_SECONDS": str(interval)}
     with data_api_process(tmp_path, "first", **env) as first:
-        before = time.time()
         assert course_style_fetch(first.base_url, 3)[0] == 1
-        after = time.time()
+        time.sleep(1.2 * interval)
+        batch, _, sent, received = timed_fetch(first.base_url, 3)
+        assert batch == 2
         first.proc.kill()  # no clean shutdown: the state must already be on disk
         first.proc.wait()
     with data_api_process(tmp_path, "second", **env) as second:
-        time.sleep(max(0.0, after + 1.5 * interval - time.time()))
-        sent = time.time()
-        batch, frame = course_style_fetch(second.base_url, 3)
-        received = time.time()
-        # A fresh start would say batch 1: the group is on batch 2 (or later on a slow machine)
-        # because its clock started in the first process.
-        low = int((sent - after) // interval) + 1
-        high = int((received - before) // interval) + 1
-        assert low >= 2
-        assert low <= batch <= high
-        start = (batch - 1) * 500
-        assert set(frame.itertuples(index=False, name=None)) <= set(
-            SAMPLE_ROWS[start : start + 500]
-        )
+        # A fresh start would say batch 1: the group is on batch 2 from the first process,
+        # and however long the restart took, the next move brings batch 3, not later.
+        time.sleep(max(0.0, received + 2.5 * interval - time.time()))
+        batch, frame, _, _ = timed_fetch(second.base_url, 3)
+        assert batch == 3
+        assert_from_batch(frame, 3)
         # A group the first process never saw still starts at batch 1.
         assert course_style_fetch(second.base_url, 4)[0] == 1
-    assert "started_at" in json.loads((tmp_path / "state.json").read_text())["groups"]["3"]
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["format"] == 2
+    assert state["groups"]["3"]["batch_number"] == 3
 
 
 def test_exhaustion_survives_a_restart_and_restart_clears_it(tmp_path: Path) -> None:
     env = {"DATA_API_INTERVAL_SECONDS": "0.5", "DATA_API_BATCHES": "2"}
     with data_api_process(tmp_path, "first", **env) as first:
         assert course_style_fetch(first.base_url, 5)[0] == 1
-        started = time.time()
-    time.sleep(max(0.0, started + 1.2 - time.time()))
+        time.sleep(0.6)
+        assert course_style_fetch(first.base_url, 5)[0] == 2
+        time.sleep(0.6)
+        r = requests.get(f"{first.base_url}/data", params={"group_number": 5}, timeout=10)
+        assert r.status_code == 400
     with data_api_process(tmp_path, "second", **env) as second:
         r = requests.get(f"{second.base_url}/data", params={"group_number": 5}, timeout=10)
         assert r.status_code == 400
@@ -181,6 +218,7 @@ def test_a_corrupt_state_file_logs_one_warning_and_the_process_serves(tmp_path: 
     assert str(state) in warnings[0] and "not valid JSON" in warnings[0]
     assert "Traceback" not in output
     assert json.loads(state.read_text())["groups"].keys() == {"1"}
+    assert json.loads(state.read_text())["format"] == 2
 
 
 def test_the_process_logs_its_start_up(tmp_path: Path) -> None:

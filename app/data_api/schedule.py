@@ -1,7 +1,10 @@
-"""Which batch each group is on: batch = time since the group's first request // interval + 1.
+"""Which batch each group is on: it advances by one when a request comes at least the interval
+after the group's previous advance, as the course's own server does.
 
-Groups start on their first /data request, not when the process starts, and their start times
-are persisted so a restarted process continues where it was. Wall-clock time is used on
+Time alone never moves a group: a client that stays away for an hour finds the batch after
+the one it last saw, not the one an hour of wall-clock time would have reached, so it misses
+nothing. A group starts at batch 1 on its first /data request. The progress is persisted on
+every change, so a restarted process continues where it was. Wall-clock time is used on
 purpose: it is the only clock that means the same thing before and after a restart.
 """
 
@@ -12,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.data_api.state import load_starts, save_starts
+from app.data_api.state import GroupProgress, load_progress, save_progress
 
 log = logging.getLogger(__name__)
 
@@ -41,44 +44,59 @@ class Schedule:
         self.n_batches = n_batches
         self.interval_seconds = interval_seconds
         self._clock = clock
-        self._starts = load_starts(state_file, n_groups)
+        self._groups = load_progress(state_file, n_groups, n_batches, interval_seconds, now=clock())
 
     def batch_index(self, group: int) -> int:
-        """0-based batch the group is on now; starts the group if this is its first request."""
+        """0-based batch to serve the group now, advancing it by at most one batch.
+
+        Raises AllBatchesServed once a request comes an interval after the last batch began
+        (so the last batch, like every other, is served for a whole interval).
+        """
         now = self._clock()
-        started_at = self._starts.get(group)
-        if started_at is None:
-            started_at = self._starts[group] = now
+        progress = self._groups.get(group)
+        if progress is None:
+            self._groups[group] = GroupProgress(batch_number=1, advanced_at=now)
             self._save()
-        # A clock set backwards must not yield a batch before the first.
-        index = int(max(0.0, now - started_at) // self.interval_seconds)
-        if index >= self.n_batches:
+            return 0
+        if progress.exhausted:
             raise AllBatchesServed(group, self.n_batches)
-        return index
+        if now < progress.advanced_at:
+            # The clock was set back: count the interval from now, or the group would stall
+            # for as long as the clock jumped.
+            self._groups[group] = GroupProgress(progress.batch_number, now)
+            self._save()
+        elif now - progress.advanced_at >= self.interval_seconds:
+            if progress.batch_number >= self.n_batches:
+                self._groups[group] = GroupProgress(progress.batch_number, now, exhausted=True)
+                self._save()
+                raise AllBatchesServed(group, self.n_batches)
+            self._groups[group] = GroupProgress(progress.batch_number + 1, now)
+            self._save()
+        return self._groups[group].batch_number - 1
 
     def restart(self, group: int) -> None:
-        """Forget the group's start: its next request begins batch 1 again."""
-        if self._starts.pop(group, None) is not None:
+        """Forget the group's progress: its next request begins batch 1 again."""
+        if self._groups.pop(group, None) is not None:
             self._save()
 
     def progress(self) -> dict[str, int | str]:
-        """Per group: current batch number, or 'not started' / 'all batches served'."""
-        now = self._clock()
+        """Per group: the batch it was last served, or 'not started' / 'all batches served'."""
         out: dict[str, int | str] = {}
         for group in range(1, self.n_groups + 1):
-            started_at = self._starts.get(group)
-            if started_at is None:
+            progress = self._groups.get(group)
+            if progress is None:
                 out[str(group)] = "not started"
-                continue
-            index = int(max(0.0, now - started_at) // self.interval_seconds)
-            out[str(group)] = index + 1 if index < self.n_batches else "all batches served"
+            elif progress.exhausted:
+                out[str(group)] = "all batches served"
+            else:
+                out[str(group)] = progress.batch_number
         return out
 
     def _save(self) -> None:
         # Serving goes on if the disk fails (the in-memory state is right); only the progress
         # across a restart is at stake, and the log says so.
         try:
-            save_starts(self.state_file, self._starts)
+            save_progress(self.state_file, self._groups)
         except OSError:
             log.exception(
                 "could not write state file %s: group progress will not survive a restart",

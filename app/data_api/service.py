@@ -103,10 +103,12 @@ def create_app(settings: DataApiSettings, dataset: Dataset | None = None) -> Lit
         media_type=MediaType.JSON,
         summary="A random tenth of the group's current batch",
         description=(
-            f"Rows in the order {', '.join(COLUMNS)}, values as strings. The batch advances "
-            f"every {settings.interval_seconds:g} s from the group's first request; after "
-            f"{settings.n_batches} batches the answer is 400 until "
-            "/restart_data_generation is called."
+            f"Rows in the order {', '.join(COLUMNS)}, values as strings. A group starts at "
+            "batch 1 with its first request and moves on by one batch when a request comes "
+            f"at least {settings.interval_seconds:g} s after its previous move, so a client "
+            "that was away misses no batch. A request that long after the last of the "
+            f"{settings.n_batches} batches began gets 400 until /restart_data_generation is "
+            "called."
         ),
         responses={400: bad_group_or_done},
     )
