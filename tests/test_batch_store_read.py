@@ -17,6 +17,8 @@ from app.batch_store import (
     data_fingerprint,
     ingest_batch,
     load_rows,
+    missing_batches,
+    seen_batches,
 )
 from app.batch_store.validation import is_holdout, row_hash
 from app.covertype import CATEGORICAL_COLUMNS, COLUMNS, NUMERIC_COLUMNS
@@ -142,6 +144,36 @@ def test_batch_numbers(store: str) -> None:
     ingest_batch(store, 2, 9, batch(1, 5), fetched_at=T0)
     assert batch_numbers(store, 1) == [1, 2]
     assert batch_numbers(store, 2) == [9]
+
+
+@pytest.mark.parametrize(
+    ("seen", "missing"),
+    [
+        ([], []),
+        ([1], []),
+        ([1, 2, 3], []),
+        ([1, 2, 6], [3, 4, 5]),  # a client away for a while, served by a clock-driven server
+        ([6, 2, 1], [3, 4, 5]),
+        ([3, 4], [1, 2]),  # the first batches went to someone else
+        ([0, 1, 2], []),  # a server that counts from 0
+        ([0, 2], [1]),
+        ([1, 1, 2], []),
+    ],
+)
+def test_missing_batches(seen: list[int], missing: list[int]) -> None:
+    assert missing_batches(seen) == missing
+
+
+def test_seen_batches_counts_every_delivery(store: str) -> None:
+    assert seen_batches(store, 1) == []
+    ingest_batch(store, 1, 1, batch(1, 50), fetched_at=T0)
+    ingest_batch(store, 1, 2, batch(1, 50), fetched_at=T0)  # nothing new, but it was seen
+    ingest_batch(store, 1, 6, batch(2, 50), fetched_at=T0)
+    ingest_batch(store, 1, 6, batch(2, 60), fetched_at=T0)
+    ingest_batch(store, 2, 4, [["not", "a", "row"]], fetched_at=T0)  # every row rejected
+    assert seen_batches(store, 1) == [1, 2, 6]
+    assert missing_batches(seen_batches(store, 1)) == [3, 4, 5]
+    assert seen_batches(store, 2) == [4]
 
 
 def test_readers_accept_an_open_connection(store: str) -> None:

@@ -37,6 +37,11 @@ class BatchProgress:
     def batches_of(self, group: int) -> list[dict[str, Any]]:
         return [b for b in self.batches if b["group_number"] == group]
 
+    def missing_of(self, group: int) -> list[int]:
+        """Batch numbers the group never received below its latest (a gap, lost rows); one
+        batch_statistics row stands for every batch number batch_status has seen."""
+        return read.missing_batches(int(b["batch_number"]) for b in self.batches_of(group))
+
 
 def _connect(settings: UiSettings) -> psycopg2.extensions.connection:
     # Read-only at the session level too: the role should only have SELECT, and if it has more

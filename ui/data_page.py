@@ -72,7 +72,10 @@ class DataPage:
             groups = progress.groups()
             if len(groups) > 1:
                 ui.select(
-                    {g: f"Group {g}" for g in groups},
+                    {
+                        g: f"Group {g}" + (" (gap)" if progress.missing_of(g) else "")
+                        for g in groups
+                    },
                     value=groups[0],
                     label="Group",
                     on_change=lambda e: self._render_group(int(e.value)),
@@ -87,6 +90,9 @@ class DataPage:
         self.group_box.clear()
         with self.group_box:
             latest = max(int(b["batch_number"]) for b in batches)
+            missing = self.progress.missing_of(group)
+            if missing:
+                _gap_warning(group, missing, latest)
             tiles = (
                 ("Batches received", f"{int(totals['batches'])} (latest: {latest})"),
                 ("Rows received", _count(totals["rows_received"])),
@@ -123,6 +129,19 @@ class DataPage:
                 ],
                 row_key="batch_number",
             ).props("dense flat").classes("w-full").mark("batches-table")
+
+
+def _gap_warning(group: int, missing: list[int], latest: int) -> None:
+    # A skipped batch looks like progress in every count on the page (the latest batch goes
+    # up): only this says that rows are missing from what the models are trained on.
+    numbers = ", ".join(map(str, missing))
+    plural = "es" if len(missing) > 1 else ""
+    layout.notice(
+        f"Batch{plural} {numbers} of group {group} never arrived (latest received: {latest}): "
+        "the data API moved on without the pipeline, so their rows are missing from the "
+        "training data. Restarting the group's data generation fetches them again.",
+        marker="batch-gap",
+    )
 
 
 async def build(settings: UiSettings) -> DataPage:

@@ -14,6 +14,8 @@ from app.batch_store.read import (
     batch_totals,
     data_fingerprint,
     load_rows,
+    missing_batches,
+    seen_batches,
 )
 
 __all__ = [
@@ -27,4 +29,6 @@ __all__ = [
     "data_fingerprint",
     "ingest_batch",
     "load_rows",
+    "missing_batches",
+    "seen_batches",
 ]

@@ -7,6 +7,7 @@ transaction it leaves to the caller.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from psycopg2.extras import RealDictCursor
@@ -85,6 +86,33 @@ def batch_numbers(target: DsnOrConnection, group_number: int) -> list[int]:
         cur.execute(
             f"SELECT DISTINCT batch_number FROM covertype_rows WHERE true{where}"
             " ORDER BY batch_number",
+            params,
+        )
+        return [row[0] for row in cur.fetchall()]
+
+
+def missing_batches(seen: Iterable[int]) -> list[int]:
+    """The batch numbers below the highest one seen that never arrived: a gap, not progress.
+
+    Counting starts at 1, or at 0 when 0 was seen (some copies of the course's server count
+    from 0). The data API moves a group on one batch per request, so a pipeline that fetches
+    every interval sees every number; a missing one means the server moved on without us (a
+    server that follows the clock, a fetch that was served but never stored) and its rows are
+    not in the training data. A restarted group's second pass fills gaps in.
+    """
+    numbers = set(seen)
+    if not numbers:
+        return []
+    return [n for n in range(min(1, min(numbers)), max(numbers)) if n not in numbers]
+
+
+def seen_batches(target: DsnOrConnection, group_number: int) -> list[int]:
+    """Every batch number the group was ever delivered (batch_status), ascending, whether or
+    not its rows were new."""
+    where, params = _group_filter(group_number)
+    with connection(target) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT batch_number FROM batch_status WHERE true{where} ORDER BY batch_number",
             params,
         )
         return [row[0] for row in cur.fetchall()]

@@ -134,6 +134,7 @@ def store_batch(config: PipelineConfig, fetched: dict[str, Any]) -> dict[str, An
     summary = asdict(report)
     summary["fetched_at"] = report.fetched_at.isoformat()
     summary["status"] = "stored"
+    summary["missing_batches"] = warn_on_gap(config, report.group_number, report.batch_number)
     log.info(
         "batch %s: %d received, %d new, %d duplicate, %d rejected %s",
         report.batch_number,
@@ -144,6 +145,28 @@ def store_batch(config: PipelineConfig, fetched: dict[str, Any]) -> dict[str, An
         report.reasons or "",
     )
     return summary
+
+
+def warn_on_gap(config: PipelineConfig, group_number: int, batch_number: int) -> list[int]:
+    """The group's batch numbers that never arrived (see batch_store.read.missing_batches),
+    with a warning in the task log while there are any: a gap is lost data, not progress."""
+    from app.batch_store.read import missing_batches, seen_batches
+
+    seen = seen_batches(config.batches_dsn, group_number)
+    missing = missing_batches(seen)
+    if missing:
+        log.warning(
+            "batch gap in group %s: batch %s stored, but batches %s were never received "
+            "(seen: %s), so their rows are not in the training data; the data API moved on "
+            "without this pipeline (GET /restart_data_generation?group_number=%s fetches the "
+            "group again from batch 1)",
+            group_number,
+            batch_number,
+            ", ".join(map(str, missing)),
+            ", ".join(map(str, seen)),
+            group_number,
+        )
+    return missing
 
 
 def has_new_rows(report: dict[str, Any]) -> bool:

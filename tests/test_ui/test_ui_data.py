@@ -8,19 +8,27 @@ from collections import Counter
 import psycopg2
 import psycopg2.errors
 import pytest
+from nicegui import ui
 from nicegui.testing import User
 
 from app.batch_store.migrations import apply_migrations
 from app.covertype import COLUMNS, COVER_TYPES, NUMERIC_RANGES, SOIL_TYPES, WILDERNESS_AREAS
 from app.settings import UiSettings
-from tests.test_ui.conftest import StartUser
-from tests.test_ui.support import SEE_RETRIES, BatchesStore
+from tests.servers import PostgresServer
+from tests.test_ui.conftest import StartUser, reader_dsn
+from tests.test_ui.support import SEE_RETRIES, BatchesStore, sample_rows
 from ui import batch_progress
 
 
 def text_of(user: User, marker: str) -> str:
     (element,) = user.find(marker=marker).elements
     return element.text  # type: ignore[attr-defined, no-any-return]
+
+
+def texts_in(user: User, marker: str) -> str:
+    """The text of every label inside the marked element (a card, say), joined."""
+    (element,) = user.find(marker=marker).elements
+    return " ".join(e.text for e in element.descendants() if isinstance(e, ui.label))
 
 
 def is_valid(row: list[str]) -> bool:
@@ -79,6 +87,8 @@ async def test_batch_progress_from_the_real_database(
     assert text_of(user, "total-duplicates") == f"{duplicates:,}"
     assert text_of(user, "total-rejected-rows") == f"{rejected:,}"
     assert text_of(user, "total-last-update").endswith(" UTC")
+    # Batches 1 and 2 and nothing skipped: progress, not a gap.
+    await user.should_not_see(marker="batch-gap")
 
     (chart,) = user.find(marker="class-chart").elements
     assert chart.options["xAxis"]["data"] == ["1", "2"]
@@ -102,6 +112,39 @@ async def test_batch_progress_from_the_real_database(
     await user.should_see(marker="total-batches-received")
     assert text_of(user, "total-batches-received") == "1 (latest: 1)"
     assert text_of(user, "total-rows-received") == f"{expected(batches_store, 2)[1]['received']:,}"
+
+
+@pytest.mark.asyncio
+async def test_a_skipped_batch_number_shows_a_warning(
+    ui_user: StartUser, batches_dsn: str, postgres: PostgresServer
+) -> None:
+    """Group 3 got batches 1, 2 and 6 (a data API that moved on while the pipeline was away,
+    even one delivery of batch 6 whose rows were all duplicates counts); group 4 got 1 and 2."""
+    from app.batch_store.ingest import ingest_batch
+
+    apply_migrations(batches_dsn)
+    rows = sample_rows()
+    for group, batch, delivered in [
+        (3, 1, rows[0:300]),
+        (3, 2, rows[300:600]),
+        (3, 6, rows[0:100]),
+        (4, 1, rows[600:700]),
+        (4, 2, rows[700:800]),
+    ]:
+        ingest_batch(batches_dsn, group, batch, delivered)
+    user = await ui_user(UI_BATCHES_DB_DSN=reader_dsn(postgres, batches_dsn))
+    await user.open("/data")
+    await user.should_see(marker="batch-gap", retries=SEE_RETRIES)
+    warning = texts_in(user, "batch-gap")
+    assert "Batches 3, 4, 5 of group 3 never arrived (latest received: 6)" in warning
+    assert "missing from the training data" in warning
+    assert text_of(user, "total-batches-received") == "3 (latest: 6)"
+    (group,) = user.find(marker="group").elements
+    assert group.options == {3: "Group 3 (gap)", 4: "Group 4"}
+
+    group.value = 4
+    await user.should_see("2 (latest: 2)")
+    await user.should_not_see(marker="batch-gap")
 
 
 @pytest.mark.asyncio
