@@ -305,6 +305,9 @@ down() {
     fi
 }
 
+# Sourced (scripts/image.sh builds the platform image with these functions): define, do not run.
+[[ "${BASH_SOURCE[0]}" != "$0" ]] && return 0
+
 cmd="${1:-}"
 # Provisioning logs hold the printed credentials: root only.
 install -d -m 0700 "$state" "$logs"
