@@ -6,7 +6,11 @@ inference API serves the ONNX form only if it reproduces those labels when it lo
 converter bug can never change an answer.
 
 Input layout of the ONNX graph: one [N, 1] input per feature column, named as the column;
-float32 for the numeric columns (every value in app.covertype.NUMERIC_RANGES is an integer far
+a pipeline that starts with the derived terrain features (app.terrain, the step named
+app.terrain.PIPELINE_STEP) is compiled from the step after it, and its graph also takes one
+input per derived feature, which OnnxPredictor computes from the raw columns with the same
+app.terrain definitions training used (every derived value is exact in float32, see there).
+Float32 for the numeric columns (every value in app.covertype.NUMERIC_RANGES is an integer far
 below 2**24, so float32 holds it exactly, and sklearn's split thresholds on integer data are
 half-integers, also exact) and string for Wilderness_Area and Soil_Type. Outputs: `label`
 (int64, the class number) and `probabilities` ([N, n_classes] float32, columns in the order of
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from app import terrain
 from app.covertype import CATEGORICAL_COLUMNS, FEATURE_COLUMNS, NUMERIC_COLUMNS
 
 if TYPE_CHECKING:
@@ -101,21 +106,36 @@ def _hist_gradient_boosting_fix() -> Iterator[None]:
             tree_ensemble.add_node = original
 
 
+def _compiled_part(pipeline: Pipeline) -> tuple[Pipeline, tuple[str, ...]]:
+    """The part of `pipeline` the graph holds, and the derived features it takes as inputs:
+    everything after a leading terrain step (its features are computed outside the graph)."""
+    from sklearn.pipeline import Pipeline
+
+    name, step = pipeline.steps[0]
+    if name != terrain.PIPELINE_STEP:
+        return pipeline, ()
+    return Pipeline(pipeline.steps[1:]), tuple(step.names)
+
+
 def export_onnx(pipeline: Pipeline, sample: pd.DataFrame) -> bytes:
-    """Convert a fitted feature pipeline (ColumnTransformer + classifier) to ONNX bytes.
+    """Convert a fitted feature pipeline ([terrain step +] ColumnTransformer + classifier) to
+    ONNX bytes.
 
     `sample` (a few feature rows) is used to check that the graph runs; the input types come
     from the data contract, not from the sample's dtypes."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    initial_types = [(c, FloatTensorType([None, 1])) for c in NUMERIC_COLUMNS] + [
-        (c, StringTensorType([None, 1])) for c in CATEGORICAL_COLUMNS
-    ]
+    compiled, derived = _compiled_part(pipeline)
+    initial_types = (
+        [(c, FloatTensorType([None, 1])) for c in NUMERIC_COLUMNS]
+        + [(c, FloatTensorType([None, 1])) for c in derived]
+        + [(c, StringTensorType([None, 1])) for c in CATEGORICAL_COLUMNS]
+    )
     classifier = pipeline.steps[-1][1]
     with _hist_gradient_boosting_fix():
         model = convert_sklearn(
-            pipeline,
+            compiled,
             initial_types=initial_types,
             # Probabilities as one [N, n_classes] tensor instead of a list of dicts.
             options={id(classifier): {"zipmap": False}},
@@ -209,18 +229,23 @@ class OnnxPredictor:
             if node.type not in _NUMPY_TYPES:
                 raise ValueError(f"ONNX input {node.name} has unsupported type {node.type}")
             self.input_types[node.name] = _NUMPY_TYPES[node.type]
-        missing = set(FEATURE_COLUMNS) - set(self.input_types)
-        if missing:
-            raise ValueError(f"ONNX model lacks inputs for {sorted(missing)}")
+        unknown = set(self.input_types) - set(FEATURE_COLUMNS) - set(terrain.BY_NAME)
+        if unknown:
+            raise ValueError(f"ONNX model has inputs that are no feature: {sorted(unknown)}")
+        # Computed here, from the raw columns, by the definitions training used.
+        self.derived: tuple[str, ...] = tuple(n for n in self.input_types if n in terrain.BY_NAME)
+        self._raw = [(n, t) for n, t in self.input_types.items() if n not in terrain.BY_NAME]
         self._outputs = [LABEL_OUTPUT, PROBABILITIES_OUTPUT]
 
     def run_columns(self, columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Labels and probabilities from plain per-column sequences (the API's hot path: no
-        DataFrame). Each value of `columns` holds one entry per row."""
+        DataFrame). Each value of `columns` holds one entry per row of every feature column."""
         feeds = {
-            name: np.asarray(columns[name], dtype=dtype).reshape(-1, 1)
-            for name, dtype in self.input_types.items()
+            name: np.asarray(columns[name], dtype=dtype).reshape(-1, 1) for name, dtype in self._raw
         }
+        if self.derived:
+            for name, values in terrain.derive(columns, self.derived).items():
+                feeds[name] = values.astype(np.float32).reshape(-1, 1)
         labels, probabilities = self._session.run(self._outputs, feeds)
         return labels, probabilities
 

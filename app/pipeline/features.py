@@ -12,13 +12,23 @@ declared categories, each category as its code (an unknown value becomes "missin
 14 s single-threaded) and scored 0.900 against 0.893; it is not in the default candidate set
 because skl2onnx mistranslates categorical splits (26 % of labels differ), so the inference
 API would fall back from ONNX to the sklearn model.
+
+Derived terrain features (app.terrain: distances, elevation of the water, aspect as sine and
+cosine, hillshade sum, numeric codes of the categories) come first, from TerrainFeatures, a
+stateless step in front of the column layout. The "codes" layout feeds trees the numeric
+columns, the derived ones and the category codes, and no one-hot columns at all: on the 10
+batches boosting there fitted 2.5x faster than on one-hot columns and scored 0.914 against
+0.893 without derived features. Its ONNX form starts after TerrainFeatures: the serving layer
+computes the derived columns with the same app.terrain definitions (app.onnx_model).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
@@ -31,6 +41,7 @@ from app.covertype import (
     TARGET_COLUMN,
     WILDERNESS_AREAS,
 )
+from app.terrain import BY_NAME, DERIVED_NAMES, PIPELINE_STEP, derive
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,29 +57,64 @@ class TrainingDataError(ValueError):
     """A training or held-out frame cannot be trained or scored on; the message says why."""
 
 
-Encoding = Literal["one_hot", "ordinal"]
+Encoding = Literal["one_hot", "ordinal", "codes"]
+# Name of the TerrainFeatures step in a candidate pipeline; the ONNX form starts after it.
+TERRAIN_STEP = PIPELINE_STEP
+
+
+def categorical_indices(derived: Sequence[str] = ()) -> list[int]:
+    """Positions of the categorical columns in the output of build_features("ordinal",
+    derived): after the numeric and derived columns."""
+    start = len(NUMERIC_COLUMNS) + len(derived)
+    return [start + i for i in range(len(CATEGORICAL_COLUMNS))]
+
+
 # Positions of the categorical columns in the output of build_features("ordinal").
-ORDINAL_CATEGORICAL_INDICES: list[int] = [
-    len(NUMERIC_COLUMNS) + i for i in range(len(CATEGORICAL_COLUMNS))
-]
+ORDINAL_CATEGORICAL_INDICES: list[int] = categorical_indices()
 
 
-def build_features(encoding: Encoding = "one_hot") -> ColumnTransformer:
+class TerrainFeatures(TransformerMixin, BaseEstimator):
+    """Adds the derived features `names` (app.terrain) to a frame of raw feature columns.
+    Stateless: fit learns nothing, so the same row always gets the same values."""
+
+    def __init__(self, names: Sequence[str] = DERIVED_NAMES) -> None:
+        self.names = names
+
+    def fit(self, x: pd.DataFrame, y: Any = None) -> TerrainFeatures:
+        unknown = [n for n in self.names if n not in BY_NAME]
+        if unknown:
+            raise ValueError(f"unknown derived feature(s): {', '.join(unknown)}")
+        return self
+
+    def transform(self, x: pd.DataFrame) -> pd.DataFrame:
+        return x.assign(**derive(x, tuple(self.names)))
+
+
+def build_features(
+    encoding: Encoding = "one_hot", derived: Sequence[str] = ()
+) -> ColumnTransformer:
+    """The column layout after TerrainFeatures: the numeric columns and the `derived` ones
+    passed through, then the categorical columns encoded (one_hot, ordinal) or dropped
+    (codes: `derived` then carries the category codes)."""
+    numeric = [*NUMERIC_COLUMNS, *derived]
     categories = [CATEGORIES[c] for c in CATEGORICAL_COLUMNS]
-    encoder: OneHotEncoder | OrdinalEncoder
+    encoder: OneHotEncoder | OrdinalEncoder | None
     if encoding == "one_hot":
         encoder = OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False)
     elif encoding == "ordinal":
         encoder = OrdinalEncoder(
             categories=categories, handle_unknown="use_encoded_value", unknown_value=np.nan
         )
+    elif encoding == "codes":
+        encoder = None
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
+    transformers: list[tuple[str, Any, list[str]]] = [("numeric", "passthrough", numeric)]
+    if encoder is not None:
+        transformers.append((encoding, encoder, list(CATEGORICAL_COLUMNS)))
     return ColumnTransformer(
-        [
-            ("numeric", "passthrough", list(NUMERIC_COLUMNS)),
-            (encoding, encoder, list(CATEGORICAL_COLUMNS)),
-        ],
+        transformers,
+        remainder="drop",
         sparse_threshold=0.0,
         verbose_feature_names_out=False,
     )
