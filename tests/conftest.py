@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.servers import (
+    MinioServer,
     MySQLServer,
     PostgresServer,
-    S3Server,
     mysql_server,
     postgres_server,
     s3_server,
@@ -45,7 +45,7 @@ def mysql(server_root: Path) -> Iterator[MySQLServer]:
 
 
 @pytest.fixture(scope="session")
-def s3(server_root: Path) -> Iterator[S3Server]:
+def s3(server_root: Path) -> Iterator[MinioServer]:
     with s3_server(
         server_root / "s3", access_key=secrets.token_hex(10), secret_key=secrets.token_urlsafe(30)
     ) as server:
@@ -67,7 +67,7 @@ from tests.mlflow_server import MlflowServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(server_root: Path, mysql: MySQLServer, s3: S3Server) -> Iterator[MlflowServer]:
+def mlflow_server(server_root: Path, mysql: MySQLServer, s3: MinioServer) -> Iterator[MlflowServer]:
     """One real `mlflow server` per session: MySQL backend, artifacts proxied to S3.
 
     S3 credentials go to the server process only; for the whole session the test process

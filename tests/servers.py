@@ -1,4 +1,4 @@
-"""Throwaway real servers for the tests: PostgreSQL, a MySQL-compatible server, an S3 server.
+"""Throwaway real servers for the tests: PostgreSQL, a MySQL-compatible server, MinIO.
 
 Each runs from the Debian packages' binaries in its own temporary directory on a free loopback
 port and is stopped (and its directory removed) when the test session ends. PostgreSQL and
@@ -13,7 +13,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -288,26 +287,90 @@ class S3Server:
         }
 
 
-@contextlib.contextmanager
-def s3_server(base: Path, access_key: str, secret_key: str) -> Iterator[S3Server]:
-    """moto's standalone S3-compatible HTTP server, in MinIO's place (MinIO's binary cannot be
-    downloaded on our machines). It speaks the S3 REST API over HTTP like MinIO does."""
-    base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = base / "s3.log"
-    moto = Path(sys.executable).parent / "moto_server"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+REPO = Path(__file__).resolve().parent.parent
+
+
+def minio_binary() -> Path:
+    """The MinIO server binary: $MINIO_BINARY, else the one scripts/build-minio.sh built and
+    cached for this machine (`make test` builds it before pytest)."""
+    if os.environ.get("MINIO_BINARY"):
+        return Path(os.environ["MINIO_BINARY"])
+    found = subprocess.run(
+        [REPO / "scripts" / "build-minio.sh", "--print"], capture_output=True, text=True
+    )
+    if found.returncode != 0:
+        raise ServerStartError(
+            "no MinIO binary: run scripts/build-minio.sh (make test does) or set MINIO_BINARY"
         )
-    try:
-        wait_for(lambda: port_open(port), "S3 server (moto)", log=log)
-        yield S3Server(
-            endpoint_url=f"http://127.0.0.1:{port}", access_key=access_key, secret_key=secret_key
-        )
-    finally:
-        proc.terminate()
+    return Path(found.stdout.split()[0])
+
+
+@dataclass
+class MinioServer(S3Server):
+    """A real MinIO server process that a test may stop and start again on the same port
+    and data folder (an outage, then recovery)."""
+
+    datadir: Path = Path()
+    log: Path = Path()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint_url.rsplit(":", 1)[1])
+
+    def start(self) -> None:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "MINIO_ROOT_USER": self.access_key,
+            "MINIO_ROOT_PASSWORD": self.secret_key,
+            "MINIO_BROWSER": "off",
+            "MINIO_UPDATE": "off",
+            "HOME": str(self.datadir.parent),
+        }
+        address = f"127.0.0.1:{self.port}"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [minio_binary(), "server", "--quiet", "--address", address, self.datadir],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        live = f"{self.endpoint_url}/minio/health/live"
+        wait_for(lambda: _http_ok(live), "MinIO", log=self.log)
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(sig)
         try:
-            proc.wait(10)
+            self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - loopback only
+        return bool(answer.status == 200)
+
+
+@contextlib.contextmanager
+def s3_server(base: Path, access_key: str, secret_key: str) -> Iterator[MinioServer]:
+    """A throwaway real MinIO (built from its Go module) in its own folder on a free port."""
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "data").mkdir(exist_ok=True)
+    server = MinioServer(
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        access_key=access_key,
+        secret_key=secret_key,
+        datadir=base / "data",
+        log=base / "minio.log",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

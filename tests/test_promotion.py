@@ -6,13 +6,13 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from app.pipeline import CandidateFailedError, MlflowUnavailableError, RunMetadata, run_training
 from app.pipeline.candidates import Candidate, default_candidates
 from app.pipeline.evaluate import score
-from app.pipeline.registry import PromotionError
 from app.pipeline.tracking import tracking_uri
 from app.settings import MlflowSettings, TrainingSettings
 from tests.mlflow_server import ARTIFACT_BUCKET, MlflowServer
@@ -238,12 +238,9 @@ def test_mlflow_dying_mid_run_fails_the_run_and_leaves_the_alias(
     assert versions(mlflow_settings) == [first.model_version]
 
 
-def test_unloadable_production_fails_promotion_and_leaves_the_alias(
-    covertype_frames, mlflow_settings, s3
-):
-    first = train(covertype_frames, mlflow_settings, weak())
-    # Production's files vanish from the artifact store (a bucket policy, an operator...).
-    model_id = first.model_uri.removeprefix("models:/")
+def delete_model_objects(s3, model_uri: str) -> None:
+    """Production's files vanish from the artifact store (a lifecycle rule, an operator...)."""
+    model_id = model_uri.removeprefix("models:/")
     bucket = s3.client()
     doomed = [
         o["Key"]
@@ -255,9 +252,118 @@ def test_unloadable_production_fails_promotion_and_leaves_the_alias(
     for key in doomed:
         bucket.delete_object(Bucket=ARTIFACT_BUCKET, Key=key)
 
-    with pytest.raises(PromotionError, match=f"re-score production version {first.model_version}"):
-        train(covertype_frames, mlflow_settings, strong())
+
+def test_unservable_production_gives_way_to_a_servable_challenger(
+    covertype_frames, mlflow_settings, s3
+):
+    # A strong production loses its files; a weak challenger that loads and scores takes
+    # over, because a model nobody can serve is worth less than any model that can be.
+    first = train(covertype_frames, mlflow_settings, strong())
+    delete_model_objects(s3, first.model_uri)
+
+    second = train(covertype_frames, mlflow_settings, weak())
+    assert second.decision.promoted, second.decision.reason
+    assert alias_version(mlflow_settings) == second.model_version
+    tags = version_tags(mlflow_settings, second.model_version)
+    assert tags["promotion_decision"] == "promoted"
+    assert f"production version {first.model_version} is unservable" in tags["promotion_reason"]
+    assert "missing from the store" in tags["promotion_reason"]
+    assert tags["promotion_replaced_unservable"] == first.model_version
+    assert "missing" in version_tags(mlflow_settings, first.model_version)["unservable_reason"]
+    # And the normal rule applies again from there: a worse model does not replace it.
+    third = train(covertype_frames, mlflow_settings, weak(), promotion_margin=-1.0)
+    assert alias_version(mlflow_settings) in {second.model_version, third.model_version}
+    assert "re-scored now" in third.decision.reason
+
+
+def test_unreadable_production_objects_are_unservable_too(covertype_frames, mlflow_settings, s3):
+    first = train(covertype_frames, mlflow_settings, strong())
+    model_id = first.model_uri.removeprefix("models:/")
+    bucket = s3.client()
+    pickles = [
+        o["Key"]
+        for o in bucket.list_objects_v2(Bucket=ARTIFACT_BUCKET)["Contents"]
+        if f"/models/{model_id}/" in o["Key"] and o["Key"].endswith(".pkl")
+    ]
+    assert pickles
+    for key in pickles:
+        bucket.put_object(Bucket=ARTIFACT_BUCKET, Key=key, Body=b"not a pickle")
+
+    second = train(covertype_frames, mlflow_settings, weak())
+    assert second.decision.promoted
+    assert "does not load" in second.decision.reason
+    assert alias_version(mlflow_settings) == second.model_version
+
+
+def test_an_unservable_challenger_does_not_replace_an_unservable_production(
+    covertype_frames, mlflow_settings, s3
+):
+    first = train(covertype_frames, mlflow_settings, strong())
+    delete_model_objects(s3, first.model_uri)
+    client = MlflowClient(mlflow_settings.tracking_uri)
+    experiment = client.get_experiment_by_name(mlflow_settings.experiment_name).experiment_id
+    bucket = s3.client()
+
+    def corrupt_logged_models(*_: object) -> None:
+        # Right after the challenger is logged, its pickle is overwritten in the store.
+        listed = bucket.list_objects_v2(Bucket=ARTIFACT_BUCKET, Prefix=f"{experiment}/")
+        for o in listed.get("Contents", []):
+            if o["Key"].endswith(".pkl"):
+                bucket.put_object(Bucket=ARTIFACT_BUCKET, Key=o["Key"], Body=b"garbage")
+
+    second = run_training(
+        *covertype_frames,
+        RunMetadata(group_number=1),
+        mlflow_settings=mlflow_settings,
+        training_settings=TrainingSettings(),
+        candidates=weak(),
+        champion_hook=corrupt_logged_models,
+    )
+    assert not second.decision.promoted
+    assert "and so is this one" in second.decision.reason
     assert alias_version(mlflow_settings) == first.model_version
-    newest = versions(mlflow_settings)[-1]
-    assert newest != first.model_version
-    assert version_tags(mlflow_settings, newest)["promotion_decision"] == "failed"
+
+
+def test_s3_down_at_promotion_leaves_the_alias_and_the_next_run_succeeds(
+    covertype_frames, mlflow_settings, s3, small_candidates, monkeypatch
+):
+    from app.pipeline import register_and_promote, train_and_log
+
+    train_rows, holdout = covertype_frames
+    first = train(covertype_frames, mlflow_settings, weak())
+    trained = train_and_log(
+        train_rows, holdout, mlflow_settings=mlflow_settings, candidates=strong()
+    )
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    s3.stop()
+    try:
+        # MinIO down is an outage, not a missing model: nothing is promoted or re-tagged.
+        # The artifact proxy answers 500 while its store is down.
+        with pytest.raises(MlflowException, match=r"mlflow-artifacts.*Max retries exceeded"):
+            register_and_promote(trained, holdout, mlflow_settings=mlflow_settings)
+        assert alias_version(mlflow_settings) == first.model_version
+        assert "unservable_reason" not in version_tags(mlflow_settings, first.model_version)
+    finally:
+        s3.start()
+    decision = register_and_promote(trained, holdout, mlflow_settings=mlflow_settings)
+    assert decision["promoted"], decision["reason"]
+    assert "re-scored now" in decision["reason"]
+    assert alias_version(mlflow_settings) == decision["version"]
+
+
+def test_s3_dying_mid_run_fails_the_run_stores_nothing_and_the_next_run_succeeds(
+    covertype_frames, mlflow_settings, s3, monkeypatch
+):
+    first = train(covertype_frames, mlflow_settings, weak())
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    dies = Candidate("minio_dies", CallbackClassifier, {"on_fit": s3.stop})
+    try:
+        with pytest.raises(Exception):  # noqa: B017, PT011 - which error depends on the step
+            train(covertype_frames, mlflow_settings, [*strong(), dies])
+    finally:
+        s3.start()
+    assert alias_version(mlflow_settings) == first.model_version
+    assert versions(mlflow_settings) == [first.model_version]
+    again = train(covertype_frames, mlflow_settings, strong())
+    assert again.decision.promoted, again.decision.reason
+    assert alias_version(mlflow_settings) == again.model_version

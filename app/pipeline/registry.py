@@ -12,7 +12,7 @@ import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import mlflow
 import mlflow.artifacts
@@ -86,22 +86,59 @@ class _Rescored:
     size_bytes: int
 
 
+class UnservableError(Exception):
+    """MLflow and the artifact store answered, but the version's model is not there or does
+    not load: nobody can serve it, so it must not keep the alias from a servable challenger.
+    Anything else (a refused connection, a 5xx) is an outage, not this."""
+
+
+def _is_missing(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    if isinstance(exc, MlflowException):
+        return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+    response = getattr(exc, "response", None)  # requests' HTTPError from the artifact proxy
+    return getattr(response, "status_code", None) == 404
+
+
+def _download(name: str, version: str, tmp: str) -> Path:
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
+    except Exception as exc:
+        if _is_missing(exc):
+            raise UnservableError(f"its artifacts are missing from the store ({exc})") from exc
+        raise
+    # The proxy lists what the bucket holds: deleted objects download as an empty folder.
+    if not (local / "MLmodel").is_file():
+        raise UnservableError("its artifacts are missing from the store (no MLmodel file)")
+    return local
+
+
+def _load(local: Path) -> tuple[Any, int]:
+    try:
+        if "sklearn" in Model.load(local / "MLmodel").flavors:
+            model = mlflow.sklearn.load_model(str(local))
+            return model, serialized_size(model)
+        # A version registered by hand from another flavor still gets a fair comparison.
+        size = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
+        return mlflow.pyfunc.load_model(str(local)), size
+    except Exception as exc:
+        raise UnservableError(f"its model does not load ({type(exc).__name__}: {exc})") from exc
+
+
 def _rescore(name: str, version: str, holdout: pd.DataFrame) -> _Rescored:
     """Load a registered version and score it on these rows. Its logged metrics are not
-    used: they were measured on an older, smaller held-out set."""
+    used: they were measured on an older, smaller held-out set. Raises UnservableError when
+    the version cannot be served, and anything else when a server is down."""
     with tempfile.TemporaryDirectory(prefix="mlflow-rescore-") as tmp:
         # A registry load downloads the model; keeping it in our own temp dir means it is
         # removed afterwards instead of piling up in /tmp.
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
-        model: Any
-        if "sklearn" in Model.load(local / "MLmodel").flavors:
-            model = mlflow.sklearn.load_model(str(local))
-            size = serialized_size(model)
-        else:
-            # A version registered by hand from another flavor still gets a fair comparison.
-            model = mlflow.pyfunc.load_model(str(local))
-            size = sum(p.stat().st_size for p in local.rglob("*") if p.is_file())
-        return _Rescored(score(model, holdout), size)
+        model, size = _load(_download(name, version, tmp))
+        try:
+            scores = score(model, holdout)
+        except Exception as exc:
+            raise UnservableError(f"it does not score on the held-out rows ({exc})") from exc
+        return _Rescored(scores, size)
 
 
 def _set_tags(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
@@ -118,6 +155,106 @@ def _try_set_tags(client: MlflowClient, name: str, version: str, tags: dict[str,
         log.warning("could not tag version %s of %s with %s", version, name, tags)
 
 
+@dataclass(frozen=True)
+class PromotionRule:
+    """What a challenger must do to take the alias (app.pipeline.selection.compare)."""
+
+    metric: str
+    margin: float
+    max_bytes: int
+
+
+@dataclass
+class _Verdict:
+    promote: bool
+    reason: str
+    tags: dict[str, str]
+    production: _Rescored | None = None
+
+
+def _fail(client: MlflowClient, name: str, version: str, reason: str, exc: Exception) -> NoReturn:
+    reason = reason[:4000]
+    _try_set_tags(client, name, version, {DECISION_TAG: FAILED, REASON_TAG: reason})
+    raise PromotionError(reason) from exc
+
+
+def _replace_unservable(
+    client: MlflowClient, name: str, version: str, incumbent: str, why: str, holdout: pd.DataFrame
+) -> _Verdict:
+    """Production cannot be served: the challenger takes the alias if it can be, proven by
+    loading it back from the registry and scoring it like production would have been."""
+    log.warning("production version %s of %s is unservable: %s", incumbent, name, why)
+    _try_set_tags(client, name, incumbent, {"unservable_reason": why[:4000]})
+    try:
+        _rescore(name, version, holdout)
+    except UnservableError as own:
+        reason = f"production version {incumbent} is unservable ({why}), and so is this one ({own})"
+        return _Verdict(False, reason, {})
+    except Exception as exc:  # noqa: BLE001 - an outage: leave the alias alone
+        _fail(client, name, version, f"could not load this version back: {exc}", exc)
+    reason = f"production version {incumbent} is unservable ({why}); this version is servable"
+    return _Verdict(True, reason, {"promotion_replaced_unservable": incumbent})
+
+
+def _judge(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    incumbent: str | None,
+    challenger: Scores,
+    challenger_bytes: int,
+    holdout: pd.DataFrame,
+    rule: PromotionRule,
+) -> _Verdict:
+    if challenger_bytes > rule.max_bytes:
+        cap = f"model is {challenger_bytes / MB:.2f} MB, over the {rule.max_bytes / MB:.2f} MB cap"
+        return _Verdict(False, cap, {})
+    if incumbent is None:
+        return _Verdict(True, "no version had alias", {})
+    try:
+        production = _rescore(name, incumbent, holdout)
+    except UnservableError as exc:
+        return _replace_unservable(client, name, version, incumbent, str(exc), holdout)
+    except Exception as exc:  # noqa: BLE001 - an outage: leave the alias alone
+        _fail(
+            client, name, version, f"could not re-score production version {incumbent}: {exc}", exc
+        )
+    metric = rule.metric
+    verdict = compare(
+        challenger.get(metric),
+        challenger_bytes,
+        production.scores.get(metric),
+        production.size_bytes,
+        metric=metric,
+        margin=rule.margin,
+    )
+    tags = {
+        f"promotion_production_{metric}": f"{production.scores.get(metric):.6f}",
+        f"promotion_challenger_{metric}": f"{challenger.get(metric):.6f}",
+        "promotion_holdout_rows": str(production.scores.rows),
+    }
+    reason = f"against production version {incumbent} re-scored now: {verdict.reason}"
+    return _Verdict(verdict.wins, reason, tags, production)
+
+
+def _move_alias(
+    client: MlflowClient, name: str, alias: str, version: str, incumbent: str | None
+) -> str | None:
+    """Point the alias at the version unless someone moved it meanwhile; returns why not."""
+    now = current_version(client, name, alias)
+    now_version = str(now.version) if now is not None else None
+    if now_version != incumbent:
+        return (
+            f"alias {alias!r} moved from version {incumbent} to {now_version} "
+            "while this version was being evaluated; the manual choice is kept"
+        )
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except Exception as exc:  # noqa: BLE001
+        _fail(client, name, version, f"moving the alias failed: {exc}", exc)
+    return None
+
+
 def decide_and_promote(
     client: MlflowClient,
     *,
@@ -127,15 +264,11 @@ def decide_and_promote(
     challenger: Scores,
     challenger_bytes: int,
     holdout: pd.DataFrame,
-    metric: str,
-    margin: float,
-    max_bytes: int,
+    rule: PromotionRule,
 ) -> PromotionDecision:
-    incumbent = current_version(client, name, alias)
-    incumbent_version = incumbent.version if incumbent is not None else None
-    production: _Rescored | None = None
-
-    if str(incumbent_version) == str(version):
+    current = current_version(client, name, alias)
+    incumbent = str(current.version) if current is not None else None
+    if incumbent == str(version):
         # A retried step whose first attempt moved the alias (or a user who chose this
         # version already): it is production, nothing to move or re-tag.
         return PromotionDecision(
@@ -146,67 +279,32 @@ def decide_and_promote(
             challenger=challenger,
             production=None,
         )
-    if challenger_bytes > max_bytes:
-        promote, reason = (
-            False,
-            f"model is {challenger_bytes / MB:.2f} MB, over the {max_bytes / MB:.2f} MB cap",
-        )
-    elif incumbent is None:
-        promote, reason = True, f"no version had alias {alias!r}"
+    verdict = _judge(
+        client, name, str(version), incumbent, challenger, challenger_bytes, holdout, rule
+    )
+    if verdict.reason == "no version had alias":
+        verdict.reason = f"no version had alias {alias!r}"
+    if verdict.promote:
+        moved_meanwhile = _move_alias(client, name, alias, str(version), incumbent)
+        if moved_meanwhile:
+            verdict.promote, verdict.reason = False, moved_meanwhile
+    tags = {
+        **verdict.tags,
+        DECISION_TAG: PROMOTED if verdict.promote else NOT_PROMOTED,
+        REASON_TAG: verdict.reason,
+    }
+    if incumbent is not None:
+        tags[COMPARED_TAG] = incumbent
+    _set_tags(client, name, str(version), tags)
+    if verdict.promote:
+        log.info("alias %s of %s -> version %s (%s)", alias, name, version, verdict.reason)
     else:
-        try:
-            production = _rescore(name, str(incumbent_version), holdout)
-        except Exception as exc:
-            reason = f"could not re-score production version {incumbent_version}: {exc}"[:4000]
-            _try_set_tags(client, name, version, {DECISION_TAG: FAILED, REASON_TAG: reason})
-            raise PromotionError(reason) from exc
-        verdict = compare(
-            challenger.get(metric),
-            challenger_bytes,
-            production.scores.get(metric),
-            production.size_bytes,
-            metric=metric,
-            margin=margin,
-        )
-        promote = verdict.wins
-        reason = f"against production version {incumbent_version} re-scored now: {verdict.reason}"
-
-    tags = {DECISION_TAG: PROMOTED if promote else NOT_PROMOTED, REASON_TAG: reason}
-    if incumbent_version is not None:
-        tags[COMPARED_TAG] = str(incumbent_version)
-    if production is not None:
-        tags[f"promotion_production_{metric}"] = f"{production.scores.get(metric):.6f}"
-        tags[f"promotion_challenger_{metric}"] = f"{challenger.get(metric):.6f}"
-        tags["promotion_holdout_rows"] = str(production.scores.rows)
-
-    if promote:
-        now = current_version(client, name, alias)
-        now_version = now.version if now is not None else None
-        if str(now_version) != str(incumbent_version):
-            # Someone moved the alias while we were scoring: their choice stands.
-            promote = False
-            tags[DECISION_TAG] = NOT_PROMOTED
-            tags[REASON_TAG] = (
-                f"alias {alias!r} moved from version {incumbent_version} to {now_version} "
-                "while this version was being evaluated; the manual choice is kept"
-            )
-
-    _set_tags(client, name, version, tags)
-    if promote:
-        try:
-            client.set_registered_model_alias(name, alias, version)
-        except Exception as exc:
-            failed = {DECISION_TAG: FAILED, REASON_TAG: f"moving the alias failed: {exc}"[:4000]}
-            _try_set_tags(client, name, version, failed)
-            raise PromotionError(f"moving alias {alias!r} to version {version} failed") from exc
-        log.info("alias %s of %s -> version %s (%s)", alias, name, version, reason)
-    else:
-        log.info("version %s of %s not promoted: %s", version, name, tags[REASON_TAG])
+        log.info("version %s of %s not promoted: %s", version, name, verdict.reason)
     return PromotionDecision(
-        promoted=promote,
-        reason=tags[REASON_TAG],
+        promoted=verdict.promote,
+        reason=verdict.reason,
         version=str(version),
-        compared_to=str(incumbent_version) if incumbent_version is not None else None,
+        compared_to=incumbent,
         challenger=challenger,
-        production=production.scores if production is not None else None,
+        production=verdict.production.scores if verdict.production is not None else None,
     )

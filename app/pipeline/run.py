@@ -36,7 +36,7 @@ from app.pipeline.candidates import (
 )
 from app.pipeline.evaluate import MB, Evaluation, evaluate, fit, score, serialized_size
 from app.pipeline.features import batches_in, check_frame
-from app.pipeline.registry import PromotionDecision, decide_and_promote, register
+from app.pipeline.registry import PromotionDecision, PromotionRule, decide_and_promote, register
 from app.pipeline.selection import choose_champion
 from app.pipeline.tracking import MlflowUnavailableError
 from app.settings import MlflowSettings, TrainingSettings
@@ -411,9 +411,11 @@ def _register_and_promote(
             challenger=scores,
             challenger_bytes=size,
             holdout=holdout,
-            metric=settings.metric,
-            margin=settings.promotion_margin,
-            max_bytes=int(settings.max_model_mb * MB),
+            rule=PromotionRule(
+                metric=settings.metric,
+                margin=settings.promotion_margin,
+                max_bytes=int(settings.max_model_mb * MB),
+            ),
         )
         timings["promote"] = time.perf_counter() - step
         for key, value in {
