@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCK_STAMP := $(VENV)/.installed-dev
 
-.PHONY: help bootstrap venv test test-only lint lock bench up down data-api clean
+.PHONY: help bootstrap venv minio test test-only lint lock bench up down data-api clean
 
 help:
 	@echo "make test       install Debian packages + dev venv (needs root on a fresh machine), run every test"
@@ -27,7 +27,12 @@ $(LOCK_STAMP): requirements/dev.lock.txt pyproject.toml
 
 venv: bootstrap $(LOCK_STAMP)
 
-test: venv lint lint-ansible test-only
+# MinIO and mc built from their Go modules, once per machine (scripts/build-minio.sh caches
+# them in /var/cache/forest-cover-mlops): the tests' S3 server and the machine's MinIO.
+minio:
+	@scripts/build-minio.sh >/dev/null
+
+test: venv minio lint lint-ansible test-only
 
 test-only:
 	$(PY) -m pytest
@@ -48,7 +53,7 @@ data-api: $(LOCK_STAMP)
 # Local platform machine (scripts/machine.sh): Debian 13 in systemd-nspawn, provisioned by
 # ansible/site.yml. PURGE=1 make down also deletes its disk.
 .PHONY: lint-ansible
-up: $(LOCK_STAMP)
+up: venv minio
 	@scripts/machine.sh up
 
 down:
