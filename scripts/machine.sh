@@ -10,14 +10,13 @@
 #   scripts/machine.sh ssh [CMD]
 #
 # Needs root and Linux; installs debootstrap and systemd-container with apt when missing.
+# MinIO runs inside the machine as a unit of mlops.target. Its binaries are built on the host
+# from MinIO's Go modules (scripts/build-minio.sh, once per host, cached in $MLOPS_CACHE):
+# the release downloads are on GitHub, which our build machines cannot reach.
 # Knobs (environment):
-#   MINIO_BINARY=/path/to/minio   run a real MinIO inside the machine from this binary. Without
-#                                 it, an S3-compatible test server (moto_server from the dev
-#                                 venv) runs on the host at 127.0.0.1:9000 in MinIO's place:
-#                                 MinIO cannot be downloaded on hosts without GitHub access.
+#   MINIO_BINARY=/path/to/minio MC_BINARY=/path/to/mc
+#                                 install these binaries instead of building them.
 #   PURGE=1                       with `down`: delete the machine's disk (next `up` is fresh).
-#   KEEP_S3=1                     with `down`: leave the host's S3 test server running, so the
-#                                 artifacts it keeps in memory survive a `down` + `boot`.
 #   ANSIBLE_ARGS="-e k=v ..."     extra ansible-playbook arguments for `up`.
 #   HEALTH_WAIT=240               seconds `up` and `boot` wait for mlops-status to pass.
 #   MLOPS_CACHE=/var/cache/forest-cover-mlops   pristine rootfs, pip and apt caches.
@@ -34,12 +33,10 @@ logs="$state/logs"
 key="$state/ssh/id_ed25519"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 ssh_port=2222
-s3_port=9000
 venv="$repo/.venv"
 nspawn_pid_file="$state/nspawn.pid"
-s3_pid_file="$state/s3-server.pid"
 # Ports the machine's services take on the host's network (it shares it).
-service_ports=(2222 5432 3306 5000 8080 8793 8794 8000 8001 8503)
+service_ports=(2222 5432 3306 9000 9001 5000 8080 8793 8794 8000 8001 8503)
 
 step_name="start"
 step_log=""
@@ -148,28 +145,18 @@ EOF
     } >"$logs/rootfs.log" 2>&1
 }
 
-start_s3() {
-    if [ -n "${MINIO_BINARY:-}" ]; then
-        [ -x "$MINIO_BINARY" ] || die "MINIO_BINARY=$MINIO_BINARY is not an executable file"
-        note "S3: a real MinIO inside the machine, from $MINIO_BINARY"
+build_minio() {
+    if [ -n "${MINIO_BINARY:-}" ] || [ -n "${MC_BINARY:-}" ]; then
+        [ -x "${MINIO_BINARY:-}" ] && [ -x "${MC_BINARY:-}" ] \
+            || die "MINIO_BINARY and MC_BINARY must both name executable files"
+        note "MinIO: installing $MINIO_BINARY and $MC_BINARY"
         return 0
     fi
-    step "S3: starting moto_server on the host at 127.0.0.1:$s3_port in MinIO's place" "$logs/s3-server.log"
-    note "MinIO's binary cannot be downloaded here (set MINIO_BINARY=/path/to/minio to use one)."
-    note "moto keeps objects in memory: MLflow artifacts are lost when 'make down' stops it."
-    if pid_alive "$s3_pid_file"; then
-        note "already running (pid $(cat "$s3_pid_file"))"
-        return 0
-    fi
-    port_busy "$s3_port" && die "port $s3_port is taken on the host; free it or set MINIO_BINARY"
-    setsid "$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" </dev/null >"$logs/s3-server.log" 2>&1 &
-    echo $! >"$s3_pid_file"
-    for _ in $(seq 50); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$s3_port/moto-api/" 2>/dev/null && return 0
-        pid_alive "$s3_pid_file" || break
-        sleep 0.2
-    done
-    false
+    "$repo/scripts/build-minio.sh" --print >/dev/null && return 0
+    step "building MinIO and mc from their Go modules (once per host, a few minutes)" "$logs/build-minio.log"
+    local t; t=$(date +%s)
+    MLOPS_CACHE="$cache" "$repo/scripts/build-minio.sh" >"$logs/build-minio.log" 2>&1
+    note "built in $(elapsed "$t") s"
 }
 
 boot() {
@@ -206,16 +193,10 @@ provision() {
     step "provisioning with ansible/site.yml (progress below, full output in the log)" "$log"
     local extra="$state/extra-vars.json"
     if [ -n "${MINIO_BINARY:-}" ]; then
-        printf '{"minio_binary_src": "%s"}\n' "$(readlink -f "$MINIO_BINARY")" >"$extra"
+        printf '{"minio_install_method": "local", "minio_binary_src": "%s", "minio_mc_binary_src": "%s"}\n' \
+            "$(readlink -f "$MINIO_BINARY")" "$(readlink -f "$MC_BINARY")" >"$extra"
     else
-        # The stand-in S3 accepts any keys; generate them once per machine, like every secret.
-        local keys="$state/s3-keys" access secret
-        if [ ! -s "$keys" ]; then
-            (umask 077 && printf '%s %s\n' "$(od -An -N10 -tx1 /dev/urandom | tr -d ' \n')" \
-                "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" >"$keys")
-        fi
-        read -r access secret <"$keys"
-        (umask 077 && printf '{"mlops_s3_external_endpoint_url": "http://127.0.0.1:%s", "mlops_s3_external_access_key": "%s", "mlops_s3_external_secret_key": "%s"}\n' "$s3_port" "$access" "$secret" >"$extra")
+        printf '{"minio_install_method": "source", "minio_source_cache_dir": "%s"}\n' "$cache" >"$extra"
     fi
     local t; t=$(date +%s)
     (
@@ -254,23 +235,10 @@ summary() {
     note "MLflow    http://localhost:5000"
     note "Inference http://localhost:8000   (OpenAPI /schema; ready once the DAG has promoted a model)"
     note "Data API  http://localhost:8001/data?group_number=1"
-    if [ -n "${MINIO_BINARY:-}" ]; then
-        note "MinIO     http://localhost:9001   user mlops-admin  password $(cat "$secrets/minio-root" 2>/dev/null)"
-    else
-        note "S3        http://127.0.0.1:$s3_port  moto_server on the host (in-memory), standing in for MinIO"
-    fi
+    note "MinIO     http://localhost:9001   user mlops-admin  password $(cat "$secrets/minio-root" 2>/dev/null)   (S3 API :9000, bucket mlflows3)"
     note "Shell     scripts/machine.sh ssh      Status: scripts/machine.sh status"
     note "Secrets   $secrets/    Logs: $logs/"
     note "Stop      make down   (PURGE=1 make down also deletes the machine's disk)"
-}
-
-stop_s3() {
-    if pid_alive "$s3_pid_file"; then
-        step "stopping the host's S3 test server"
-        kill "$(cat "$s3_pid_file")"
-        for _ in $(seq 25); do pid_alive "$s3_pid_file" || break; sleep 0.2; done
-    fi
-    rm -f "$s3_pid_file"
 }
 
 down() {
@@ -292,11 +260,6 @@ down() {
         note "the machine is not running"
     fi
     rm -f "$nspawn_pid_file"
-    if [ "${KEEP_S3:-0}" = 1 ] && pid_alive "$s3_pid_file"; then
-        note "KEEP_S3=1: the host's S3 test server keeps running (pid $(cat "$s3_pid_file"))"
-    else
-        stop_s3
-    fi
     if [ "${PURGE:-0}" = 1 ]; then
         step "PURGE=1: deleting the machine's disk $rootfs"
         rm -rf "$rootfs" "$state/extra-vars.json"
@@ -316,7 +279,7 @@ case "$cmd" in
         preflight
         build_pristine
         make_rootfs
-        start_s3
+        build_minio
         boot
         provision
         health
@@ -328,7 +291,6 @@ case "$cmd" in
             die "no provisioned machine in $rootfs: run 'make up' first"
         fi
         preflight
-        grep -q mlops_s3_external_endpoint_url "$state/extra-vars.json" && start_s3
         boot
         health
         summary

@@ -66,17 +66,20 @@ AIRFLOW = "http://127.0.0.1:8080"
 MLFLOW = "http://127.0.0.1:5000"
 INFERENCE = "http://127.0.0.1:8000"
 UI = "http://127.0.0.1:8503"
+MINIO_CONSOLE = "http://127.0.0.1:9001"
+BUCKET = "mlflows3"
 HEALTH = {
+    "minio": "http://127.0.0.1:9000/minio/health/live",
     "mlflow": f"{MLFLOW}/health",
     "airflow": f"{AIRFLOW}/api/v2/monitor/health",
     "data-api": "http://127.0.0.1:8001/health",
     "inference-api": f"{INFERENCE}/health",
     "ui": f"{UI}/health",
 }
-# MinIO runs inside only with MINIO_BINARY; otherwise machine.sh puts an S3 server on the host.
 EXPECTED_UNITS = {
     "postgresql.service",
     "mariadb.service",
+    "minio.service",
     "mlflow.service",
     "airflow-api-server.service",
     "airflow-scheduler.service",
@@ -85,7 +88,16 @@ EXPECTED_UNITS = {
     "data-api.service",
     "inference-api.service",
     "ui.service",
-} | ({"minio.service"} if os.environ.get("MINIO_BINARY") else set())
+}
+# postgresql.service is Debian's umbrella (a oneshot); the server is the cluster's own unit.
+POSTGRES_CLUSTER_UNIT = "postgresql@17-main.service"
+# Every process the fault test kills: each unit's main process, the databases' included.
+FAULT_UNITS = [
+    *sorted(EXPECTED_UNITS - {"postgresql.service"}),
+    POSTGRES_CLUSTER_UNIT,
+]
+# A killed unit must be active and every health endpoint answer within this.
+RECOVERY_SECONDS = 15
 
 T = TypeVar("T")
 
@@ -429,6 +441,70 @@ def predict_in_browser(record: dict[str, int | str], answer: dict[str, Any]) -> 
     assert not errors, errors
 
 
+def bucket_objects() -> dict[str, int]:
+    """Every object in MLflow's bucket with its size, listed inside the machine with mc."""
+    listing = ssh(f"mlops-mc ls --recursive --json local/{BUCKET}").stdout
+    objects = [json.loads(line) for line in listing.splitlines() if line.strip()]
+    return {o["key"]: int(o["size"]) for o in objects if o.get("type") == "file"}
+
+
+def browse_bucket_in_console(prefix: str) -> None:
+    """Log in to the MinIO console with the generated root password and see `prefix` (the
+    experiment's folder) in the bucket's object browser."""
+    from playwright.sync_api import expect, sync_playwright
+
+    password = (SECRETS / "minio-root").read_text().strip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(f"{MINIO_CONSOLE}/login")
+            page.locator("#accessKey").fill("mlops-admin")
+            page.locator("#secretKey").fill(password)
+            page.get_by_role("button", name="Login").click()
+            page.wait_for_url(re.compile(r"/browser"))
+            page.goto(f"{MINIO_CONSOLE}/browser/{BUCKET}")
+            expect(page.get_by_text(prefix, exact=False).first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "e2e-minio-console.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def main_pid(unit: str) -> int:
+    return int(ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
+
+
+def all_healthy() -> bool:
+    for url in HEALTH.values():
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=3).status_code == 200:
+                continue
+        return False
+    airflow = httpx.get(HEALTH["airflow"], timeout=3).json()
+    return all(
+        airflow[c]["status"] == "healthy"
+        for c in ("metadatabase", "scheduler", "dag_processor", "triggerer")
+    )
+
+
+def kill_and_time_recovery(unit: str) -> float:
+    """SIGKILL the unit's main process; seconds until it runs again under a new PID and every
+    health endpoint answers."""
+    before = main_pid(unit)
+    assert before > 0, f"{unit} has no main process"
+    started = time.monotonic()
+    ssh(f"systemctl kill --kill-whom=main -s SIGKILL {unit}")
+    deadline = started + 120
+    while time.monotonic() < deadline:
+        active = ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
+        if active and main_pid(unit) not in (0, before) and all_healthy():
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.5)
+    journal = ssh(f"journalctl -u {unit} -n 30 --no-pager", check=False).stdout
+    pytest.fail(f"{unit} did not recover within 120 s after SIGKILL:\n{journal}")
+
+
 # --- the test ---------------------------------------------------------------------------------
 @pytest.fixture
 def exclusive_machine() -> Iterator[None]:
@@ -576,10 +652,31 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
         phases.notes["rows_before_restart"] = before_batches["rows"]
         phases.notes["mlflow_runs_before_restart"] = len(before_registry["runs"])
         phases.notes["versions_before_restart"] = sorted(before_registry["versions"], key=int)
+        before_objects = bucket_objects()
+        assert any(key.endswith("MLmodel") for key in before_objects), before_objects
+
+        with phases("minio_console_in_chromium"):
+            experiment = next(iter(before_objects)).split("/")[0]
+            browse_bucket_in_console(experiment)
+
+        with phases("fault_every_unit"):
+            recovery = {unit: kill_and_time_recovery(unit) for unit in FAULT_UNITS}
+            phases.notes["recovery_seconds_after_sigkill"] = recovery
+            slow = {u: t for u, t in recovery.items() if t > RECOVERY_SECONDS}
+            assert not slow, f"over {RECOVERY_SECONDS} s to recover: {slow} (all: {recovery})"
+            assert batches_snapshot() == before_batches
+            assert registry_snapshot() == before_registry
+            assert bucket_objects() == before_objects
+            wait_until(
+                lambda: httpx.get(f"{INFERENCE}/ready", timeout=15).status_code == 200,
+                "the inference API ready again",
+                60,
+                2,
+            )
+            assert predict(record) == before_answer
 
         with phases("machine_down"):
-            # The host's S3 test server keeps MLflow's artifacts in memory: keep it running.
-            machine("down", log="down-restart", env={"KEEP_S3": "1"})
+            machine("down", log="down-restart")
         with phases("machine_boot_until_healthy"):
             machine("boot", log="boot")
         # How each unit stopped at the power-off (the machine keeps a persistent journal).
@@ -597,6 +694,7 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
             assert batches_snapshot() == before_batches
             after_registry = registry_snapshot()
             assert after_registry == before_registry
+            assert bucket_objects() == before_objects
             alias_version = after_registry["alias"]
 
             def serving_again() -> bool:
