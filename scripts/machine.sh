@@ -169,12 +169,14 @@ boot() {
     for p in "${service_ports[@]}"; do port_busy "$p" && busy+=("$p"); done
     [ ${#busy[@]} -eq 0 ] || die "ports ${busy[*]} are taken on the host; the machine shares the host's network and needs them"
     step "booting the machine with systemd-nspawn" "$logs/nspawn.log"
-    mkdir -p "$cache/pip" "$cache/apt-archives/partial"
+    # apt locks its archive folder: one per machine, so two machines (the image build and
+    # the local machine) can install at once.
+    mkdir -p "$cache/pip" "$cache/apt-archives/$name/partial"
     local t; t=$(date +%s)
     setsid systemd-nspawn --boot --keep-unit --register=no --console=read-only \
         --machine="$name" -D "$rootfs" \
         --bind="$cache/pip:/var/cache/mlops-pip" \
-        --bind="$cache/apt-archives:/var/cache/apt/archives" \
+        --bind="$cache/apt-archives/$name:/var/cache/apt/archives" \
         </dev/null >"$logs/nspawn.log" 2>&1 &
     echo $! >"$nspawn_pid_file"
     step "waiting for SSH on 127.0.0.1:$ssh_port" "$logs/nspawn.log"
