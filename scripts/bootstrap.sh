@@ -12,8 +12,10 @@ die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 command -v apt-get >/dev/null || die "needs a Debian-family system with apt-get; install PostgreSQL, MariaDB/MySQL server and python3-venv by hand, then run 'make venv test-only'."
 
 # Debian packages: PostgreSQL and a MySQL-compatible server (binaries only; the tests run their
-# own throwaway instances), python3-venv for the dev venv, vagrant for `vagrant validate`.
-packages=(postgresql mariadb-server python3-venv python3-dev gcc wrk curl ca-certificates chromium debootstrap systemd-container vagrant)
+# own throwaway instances), python3-venv for the dev venv, vagrant for `vagrant validate`,
+# libvirt-daemon for `terraform plan` (the test runs its own unprivileged libvirtd; the
+# libvirt provider connects when it is configured).
+packages=(postgresql mariadb-server python3-venv python3-dev gcc wrk curl ca-certificates chromium debootstrap systemd-container vagrant libvirt-daemon)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -7,6 +7,9 @@ locals {
   address        = libvirt_domain.mlops.network_interface[0].addresses[0]
   inventory_path = var.inventory_path != "" ? var.inventory_path : "${path.module}/inventory.yml"
   ansible_dir    = abspath("${path.module}/../ansible")
+  # host-passthrough needs KVM; under QEMU's emulation (TCG) "maximum" gives every CPU
+  # feature TCG emulates (x86-64-v2 and more, which numpy's wheels need).
+  cpu_mode = var.domain_type == "kvm" ? "host-passthrough" : "maximum"
   # `ansible` lives next to `ansible-playbook` (a venv's bin/, or PATH).
   ansible_command   = replace(var.ansible_playbook_command, "/ansible-playbook$/", "ansible")
   ansible_inventory = abspath(local.inventory_path)
@@ -50,11 +53,14 @@ resource "libvirt_cloudinit_disk" "init" {
     hostname       = var.vm_name
     admin_user     = var.admin_user
     ssh_public_key = trimspace(var.ssh_public_key)
+    packages       = var.cloud_init_packages
+    package_update = length(var.cloud_init_packages) > 0
   })
 }
 
 resource "libvirt_domain" "mlops" {
   name       = var.vm_name
+  type       = var.domain_type
   vcpu       = var.vcpu
   memory     = var.memory_mb
   cloudinit  = libvirt_cloudinit_disk.init.id
@@ -62,7 +68,7 @@ resource "libvirt_domain" "mlops" {
   autostart  = true
 
   cpu {
-    mode = "host-passthrough"
+    mode = local.cpu_mode
   }
 
   network_interface {

@@ -4,6 +4,17 @@ variable "libvirt_uri" {
   default     = "qemu:///system"
 }
 
+variable "domain_type" {
+  description = "libvirt domain type: kvm (hardware virtualization, real hosts) or qemu (emulation, hosts without KVM). The CPU mode follows it."
+  type        = string
+  default     = "kvm"
+
+  validation {
+    condition     = contains(["kvm", "qemu"], var.domain_type)
+    error_message = "domain_type must be kvm or qemu."
+  }
+}
+
 variable "vm_name" {
   description = "Name of the VM (libvirt domain), its host name and its name in the Ansible inventory."
   type        = string
@@ -45,9 +56,15 @@ variable "storage_pool" {
 }
 
 variable "base_image_url" {
-  description = "Debian 13 generic cloud image (a URL or a local path on the libvirt host)."
+  description = "Debian 13 image with cloud-init: the generic cloud image (default), or the platform image `make image` builds (a local path), which has the software preinstalled."
   type        = string
   default     = "https://cloud.debian.org/images/cloud/trixie/latest/debian-13-genericcloud-amd64.qcow2"
+}
+
+variable "cloud_init_packages" {
+  description = "Packages cloud-init installs at first boot (what Ansible needs on a stock image). [] with the platform image: it has them, and the VM then needs no package mirror at boot."
+  type        = list(string)
+  default     = ["python3", "qemu-guest-agent"]
 }
 
 variable "network_name" {

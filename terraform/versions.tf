@@ -9,7 +9,7 @@ terraform {
     }
     local = {
       source  = "hashicorp/local"
-      version = "2.5.3"
+      version = "2.9.0"
     }
   }
 }

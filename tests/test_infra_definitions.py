@@ -1,19 +1,26 @@
 """The two ways users create the VM: the Vagrantfile and the terraform/ root module.
 
-Neither can create a VM here (no hypervisor, and Terraform's providers cannot be
-downloaded), so these tests check what can be checked without one: `vagrant validate`,
-`terraform fmt`, the HCL's structure, and that the templates Terraform renders give a
-cloud-init document and an inventory `ansible-inventory` accepts.
+The fast checks, in `make test`: `vagrant validate`, `terraform fmt`, the HCL's structure,
+the templates Terraform renders (a cloud-init document, an inventory `ansible-inventory`
+accepts), and `terraform init`, `validate` and `plan` with the providers built from their Go
+modules (scripts/build-terraform-providers.sh) against a libvirtd of the test's own.
+Creating VMs for real is `make test-vm` (tests/vm/).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,8 @@ SAMPLE_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests user@lapt
 
 VAGRANT = shutil.which("vagrant")
 TERRAFORM = shutil.which("terraform")
+LIBVIRTD = shutil.which("libvirtd") or shutil.which("libvirtd", path="/usr/sbin:/sbin")
+BUILD_PROVIDERS = REPO_ROOT / "scripts" / "build-terraform-providers.sh"
 
 
 def service_groups() -> set[str]:
@@ -92,7 +101,8 @@ def render(template: str, values: dict[str, str]) -> str:
     def substitute(match: re.Match[str]) -> str:
         expr = match.group(1).strip()
         if m := re.fullmatch(r"jsonencode\((\w+)\)", expr):
-            return json.dumps(values[m.group(1)])
+            # Terraform's jsonencode is compact.
+            return json.dumps(values[m.group(1)], separators=(",", ":"))
         assert re.fullmatch(r"\w+", expr), f"unsupported template expression: ${{{expr}}}"
         return values[expr]
 
@@ -115,6 +125,8 @@ SAMPLE_VALUES = {
     "admin_user": "mlops",
     "ssh_public_key": SAMPLE_SSH_KEY,
     "ssh_private_key_file": "/home/user/.ssh/id ed25519",
+    "packages": ["python3", "qemu-guest-agent"],
+    "package_update": True,
 }
 
 
@@ -147,6 +159,25 @@ def test_vagrant_validate(tmp_path: Path) -> None:
     result = vagrant(tmp_path, "validate", "--ignore-provider")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validated successfully" in result.stdout
+
+
+@pytest.mark.skipif(VAGRANT is None, reason="vagrant is not installed (scripts/bootstrap.sh)")
+def test_vagrant_validate_rejects_an_unknown_libvirt_driver(tmp_path: Path) -> None:
+    result = vagrant(tmp_path, "validate", "--ignore-provider", MLOPS_VM_LIBVIRT_DRIVER="xen")
+    assert result.returncode != 0
+    assert "MLOPS_VM_LIBVIRT_DRIVER must be kvm or qemu" in result.stdout + result.stderr
+
+
+def test_vagrantfile_libvirt_driver_and_cpu_follow_the_environment() -> None:
+    text = VAGRANTFILE.read_text()
+    # kvm for real hosts by default; the CPU mode follows the driver (host-passthrough
+    # exists only with KVM).
+    assert re.search(r'LIBVIRT_DRIVER = ENV\.fetch\("MLOPS_VM_LIBVIRT_DRIVER", "kvm"\)', text)
+    assert "lv.driver = LIBVIRT_DRIVER" in text
+    assert re.search(
+        r'lv\.cpu_mode = LIBVIRT_DRIVER == "kvm" \? "host-passthrough" : "maximum"', text
+    )
+    assert "lv.management_network_keep = true" in text
 
 
 @pytest.mark.skipif(VAGRANT is None, reason="vagrant is not installed (scripts/bootstrap.sh)")
@@ -336,3 +367,232 @@ def test_renderer_agrees_with_terraform(template: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     by_terraform = json.loads(json.loads(result.stdout.strip()))
     assert by_terraform == rendered(template)
+
+
+# --- terraform init / validate / plan with the providers built here -------------------
+
+
+def dirhash_h1(folder: Path) -> str:
+    """Terraform's "h1:" package hash (Go's dirhash.Hash1) of an unpacked provider folder:
+    sha256 over the sorted "<sha256>  <path>" lines of its files."""
+    lines = sorted(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(folder).as_posix()}\n"
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
+    return "h1:" + base64.b64encode(hashlib.sha256("".join(lines).encode()).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def terraform_cli_config() -> Path:
+    # Built once per machine from the Go module proxy (about 2 minutes), then cached in
+    # $MLOPS_CACHE/terraform-providers: a registry download is not possible here.
+    result = subprocess.run(
+        [str(BUILD_PROVIDERS)], capture_output=True, text=True, timeout=1800, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def libvirt_uri() -> Iterator[str]:
+    """A libvirtd of this test's own, in session mode (an unprivileged user's daemon): its
+    sockets and state live in a temp folder, so it cannot meet the host's or make test-vm's
+    libvirtd, and it cannot create networks or guests. `terraform plan` connects to it (the
+    provider opens the connection when it is configured) and creates nothing."""
+    if LIBVIRTD is None:
+        pytest.fail("libvirtd is not installed (scripts/bootstrap.sh installs libvirt-daemon)")
+    # Not under pytest's temp folder: that is root-only, and the daemon runs as nobody.
+    home = Path(tempfile.mkdtemp(prefix="mlops-test-libvirtd-"))
+    preexec = None
+    if os.getuid() == 0:
+        shutil.chown(home, "nobody", "nogroup")
+        nobody = (65534, 65534)
+
+        def preexec() -> None:  # drop to nobody: a session daemon, not the system one
+            os.setgroups([])
+            os.setgid(nobody[1])
+            os.setuid(nobody[0])
+
+    env = {
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(home / "run"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    log = (home / "libvirtd.log").open("w")
+    daemon = subprocess.Popen(
+        [LIBVIRTD], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
+    )
+    socket = home / "run" / "libvirt" / "libvirt-sock"
+    try:
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            assert daemon.poll() is None, (home / "libvirtd.log").read_text()
+            assert time.monotonic() < deadline, "libvirtd did not create its socket in 30 s"
+            time.sleep(0.1)
+        yield f"qemu:///session?socket={socket}"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def terraform_module(
+    terraform_cli_config: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, str]]:
+    """terraform/ copied to a temp folder and initialised from the local provider mirror, so
+    neither .terraform/ nor the lock file lands in the repository."""
+    work = tmp_path_factory.mktemp("terraform")
+    for item in TERRAFORM_DIR.iterdir():
+        if item.name in {".terraform", ".terraform.lock.hcl", "terraform.tfstate", "inventory.yml"}:
+            continue
+        (shutil.copytree if item.is_dir() else shutil.copy2)(item, work / item.name)
+    env = {
+        **os.environ,
+        "TF_CLI_CONFIG_FILE": str(terraform_cli_config),
+        "TF_IN_AUTOMATION": "1",
+        "TF_INPUT": "0",
+        "CHECKPOINT_DISABLE": "1",
+    }
+    result = terraform(work, env, "init", "-no-color")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return work, env
+
+
+def terraform(work: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TERRAFORM or "terraform", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+needs_terraform = pytest.mark.skipif(TERRAFORM is None, reason="terraform is not installed")
+
+
+@needs_terraform
+def test_terraform_init_locks_the_providers_built_here(
+    terraform_module: tuple[Path, dict[str, str]], terraform_cli_config: Path
+) -> None:
+    work, _ = terraform_module
+    with (work / ".terraform.lock.hcl").open() as f:
+        locked = {unquote(k): v for block in hcl2.load(f)["provider"] for k, v in block.items()}
+    (terraform,) = load_hcl()["terraform"]
+    (required,) = terraform["required_providers"]
+    mirror = terraform_cli_config.parent / "registry.terraform.io"
+    for spec in (v for k, v in required.items() if not k.startswith("__")):
+        source, version = unquote(spec["source"]), unquote(spec["version"])
+        lock = locked[f"registry.terraform.io/{source}"]
+        assert unquote(lock["version"]) == version
+        # The hash of our own build, not the registry's: generated here, never committed.
+        hashes = [unquote(h) for h in lock["hashes"]]
+        assert hashes == [dirhash_h1(mirror / source / version / "linux_amd64")]
+    assert not (TERRAFORM_DIR / ".terraform.lock.hcl").exists()
+
+
+@needs_terraform
+def test_terraform_validate(terraform_module: tuple[Path, dict[str, str]]) -> None:
+    work, env = terraform_module
+    result = terraform(work, env, "validate", "-no-color", "-json")
+    assert json.loads(result.stdout)["valid"] is True, result.stdout
+
+
+def plan(
+    terraform_module: tuple[Path, dict[str, str]], libvirt_uri: str, *variables: str
+) -> dict[str, dict[str, Any]]:
+    """`terraform plan` -> the planned values of each resource, by address."""
+    work, env = terraform_module
+    args = ["-var", f"libvirt_uri={libvirt_uri}", "-var", f"ssh_public_key={SAMPLE_SSH_KEY}"]
+    for v in variables:
+        args += ["-var", v]
+    result = terraform(work, env, "plan", "-no-color", "-out", "plan.bin", *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = terraform(work, env, "show", "-json", "plan.bin")
+    assert shown.returncode == 0, shown.stderr
+    changes = json.loads(shown.stdout)["resource_changes"]
+    assert all(c["change"]["actions"] == ["create"] for c in changes)
+    return {c["address"]: c["change"]["after"] for c in changes}
+
+
+@needs_terraform
+def test_terraform_plan_on_a_host_without_kvm(
+    terraform_module: tuple[Path, dict[str, str]], libvirt_uri: str
+) -> None:
+    image = "/var/cache/forest-cover-mlops/image/forest-cover-mlops-debian13.qcow2"
+    planned = plan(
+        terraform_module,
+        libvirt_uri,
+        "domain_type=qemu",
+        f"base_image_url={image}",
+        "cloud_init_packages=[]",
+        "create_network=true",
+        "network_cidr=10.231.5.0/24",
+    )
+    assert set(planned) == {
+        "libvirt_network.mlops[0]",
+        "libvirt_volume.base",
+        "libvirt_volume.root",
+        "libvirt_cloudinit_disk.init",
+        "libvirt_domain.mlops",
+        "local_file.inventory",
+    }
+    domain = planned["libvirt_domain.mlops"]
+    assert domain["type"] == "qemu"
+    # host-passthrough needs KVM; emulation gets the most QEMU emulates.
+    assert domain["cpu"] == [{"mode": "maximum"}]
+    assert domain["qemu_agent"] is True
+    assert planned["libvirt_volume.base"]["source"] == image
+    assert planned["libvirt_network.mlops[0]"]["addresses"] == ["10.231.5.0/24"]
+    # The platform image has the packages: cloud-init installs nothing and needs no mirror.
+    user_data = yaml.safe_load(planned["libvirt_cloudinit_disk.init"]["user_data"])
+    assert user_data["packages"] == []
+    assert user_data["package_update"] is False
+    assert user_data["users"][0]["ssh_authorized_keys"] == [SAMPLE_SSH_KEY]
+
+
+@needs_terraform
+def test_terraform_plan_defaults_are_for_a_kvm_host(
+    terraform_module: tuple[Path, dict[str, str]], libvirt_uri: str
+) -> None:
+    planned = plan(terraform_module, libvirt_uri)
+    domain = planned["libvirt_domain.mlops"]
+    assert domain["type"] == "kvm"
+    assert domain["cpu"] == [{"mode": "host-passthrough"}]
+    assert "libvirt_network.mlops[0]" not in planned
+    assert planned["libvirt_volume.base"]["source"].endswith("debian-13-genericcloud-amd64.qcow2")
+    user_data = yaml.safe_load(planned["libvirt_cloudinit_disk.init"]["user_data"])
+    assert user_data["packages"] == ["python3", "qemu-guest-agent"]
+    assert user_data["package_update"] is True
+
+
+@needs_terraform
+def test_terraform_plan_rejects_an_unknown_domain_type(
+    terraform_module: tuple[Path, dict[str, str]], libvirt_uri: str
+) -> None:
+    work, env = terraform_module
+    result = terraform(
+        work,
+        env,
+        "plan",
+        "-no-color",
+        "-var",
+        f"libvirt_uri={libvirt_uri}",
+        "-var",
+        f"ssh_public_key={SAMPLE_SSH_KEY}",
+        "-var",
+        "domain_type=xen",
+    )
+    assert result.returncode != 0
+    assert "domain_type must be kvm or qemu" in result.stderr
