@@ -214,6 +214,13 @@ def _group_rng(seed: int | None, group: int) -> random.Random:
     return random.Random() if seed is None else random.Random(f"data-api:{seed}:{group}")
 
 
+def _shown(value: str) -> str:
+    # The value as the client sent it, but not all of it: a 100 kB query string must not come
+    # back twice (detail and extra) in the answer, or in a log line.
+    limit = 40
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} chars)"
+
+
 def _group_validation_error(
     request: Request, exc: ValidationException, n_groups: int
 ) -> Response[Any]:
@@ -228,7 +235,7 @@ def _group_validation_error(
             media_type=MediaType.JSON,
         )
     raw = request.query_params.getall(GROUP_PARAM, [])
-    got = f"got {raw[-1]!r}" if raw else "it is missing"
+    got = f"got {_shown(raw[-1])}" if raw else "it is missing"
     message = f"{GROUP_PARAM} must be an integer from 1 to {n_groups}; {got}"
     return Response(
         {
