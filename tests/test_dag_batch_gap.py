@@ -1,0 +1,105 @@
+"""A skipped batch number, seen by the real DAG (dag.test() on real Airflow, PostgreSQL and
+MLflow): the run warns in its task log, normal progress does not, and batch_status keeps the
+numbers the Data page reads the gap from.
+
+The data API is a scripted server that moves on by itself, as a clock-driven server (ours
+before issue 9) did to a client that was away.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+from app.batch_store import apply_migrations, ingest_batch, missing_batches, seen_batches
+from app.pipeline.steps import PipelineConfig, store_batch
+from tests.test_dag import (  # noqa: F401 - fixtures, found by pytest by name
+    _sample_rows,
+    airflow_home,
+    pipeline_env,
+    run_dag,
+    scripted_api,
+)
+from tests.test_data_client import Reply, ScriptedServer
+
+GROUP = 6
+GAP_WARNING = re.compile(r"WARNING.*batch gap in group 6", re.IGNORECASE)
+
+
+def test_a_skipped_batch_number_warns_in_the_run_and_progress_does_not(
+    pipeline_env: dict[str, str],  # noqa: F811 - the fixture imported above
+    scripted_api: ScriptedServer,  # noqa: F811
+) -> None:
+    dsn = pipeline_env["AIRFLOW_CONN_BATCHES_DB"]
+    # Batches 1 and 2 came in earlier runs.
+    apply_migrations(dsn)
+    ingest_batch(dsn, GROUP, 1, _sample_rows(0, 300))
+    ingest_batch(dsn, GROUP, 2, _sample_rows(300, 600))
+    scripted_api.replies = [
+        Reply(body={"group_number": GROUP, "batch_number": 3, "data": _sample_rows(600, 900)}),
+        # The pipeline was away; the server did not wait for it.
+        Reply(body={"group_number": GROUP, "batch_number": 7, "data": _sample_rows(900, 1200)}),
+    ]
+    env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": f"{scripted_api.url}?group_number={GROUP}"}
+
+    progress = run_dag(env)
+    assert progress["state"] == "success", progress["log"][-6000:]
+    assert not GAP_WARNING.search(str(progress["log"])), "normal progress must not warn"
+    assert missing_batches(seen_batches(dsn, GROUP)) == []
+
+    gap = run_dag(env)
+    assert gap["state"] == "success", gap["log"][-6000:]
+    # A warning, not a failure: the new rows are stored and trained on.
+    assert gap["tasks"]["train_and_evaluate"] == "success"
+    log = str(gap["log"])
+    match = GAP_WARNING.search(log)
+    assert match, log[-6000:]
+    line = log[match.start() : log.find("\n", match.start())]
+    assert "batch 7 stored, but batches 4, 5, 6 were never received" in line
+    assert "seen: 1, 2, 3, 7" in line
+    assert seen_batches(dsn, GROUP) == [1, 2, 3, 7]
+    assert missing_batches(seen_batches(dsn, GROUP)) == [4, 5, 6]
+
+
+def test_the_store_step_reports_the_gap_and_warns_only_then(
+    batches_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = PipelineConfig(
+        batches_dsn=batches_dsn,
+        data_api_url="http://127.0.0.1:9",
+        group_number=GROUP,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+        inference_api_url=None,
+    )
+
+    def store(batch: int, start: int) -> tuple[dict[str, object], list[str]]:
+        caplog.clear()
+        fetched = {
+            "status": "new",
+            "group_number": GROUP,
+            "batch_number": batch,
+            "rows": _sample_rows(start, start + 100),
+        }
+        with caplog.at_level(logging.INFO, logger="app.pipeline.steps"):
+            summary = store_batch(config, fetched)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        return summary, warnings
+
+    for batch in (1, 2):
+        summary, warnings = store(batch, 100 * batch)
+        assert summary["missing_batches"] == [] and warnings == []
+    summary, warnings = store(5, 500)
+    assert summary["missing_batches"] == [3, 4]
+    assert warnings == [
+        "batch gap in group 6: batch 5 stored, but batches 3, 4 were never received (seen: 1, 2,"
+        " 5), so their rows are not in the training data; the data API moved on without this"
+        " pipeline (GET /restart_data_generation?group_number=6 fetches the group again from"
+        " batch 1)"
+    ]
+    # After a restart of the group's data generation its second pass fills the gap in.
+    for batch in (1, 2, 3):
+        summary, _ = store(batch, 100 * batch)
+    summary, warnings = store(4, 400)
+    assert summary["missing_batches"] == [] and warnings == []
