@@ -22,6 +22,7 @@ from urllib.parse import quote_from_bytes
 
 import pytest
 import requests
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
@@ -41,6 +42,8 @@ FUZZ = settings(
     database=None,  # no .hypothesis/ folder left in the repository
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# schemathesis's cases go through requests and its checks: slower per example, so fewer.
+SCHEMA_FUZZ = settings(FUZZ, max_examples=max(1, EXAMPLES // 2))
 # A healthy server answers any of these in milliseconds; the bound only catches a hang.
 ANSWER_TIMEOUT = 20.0
 PATHS = [b"/data", b"/restart_data_generation", b"/", b"/health", b"/schema/openapi.json"]
@@ -236,6 +239,32 @@ def test_bytes_that_are_not_http(api: DataApiProcess, data: bytes) -> None:
     if reply:
         status = reply.split(b" ", 2)[1]
         assert reply.startswith(b"HTTP/1.1 ") and status[:1] in (b"2", b"4"), reply[:300]
+
+
+PARAMETERISED = {"GET /data", "GET /restart_data_generation"}
+
+
+@pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=str)
+def test_the_openapi_schema_holds_for_generated_requests(
+    api: DataApiProcess, mode: schemathesis.GenerationMode
+) -> None:
+    """schemathesis, from the service's own /schema/openapi.json: requests that follow the
+    schema (positive) and that break it (negative), every check it has (no 5xx, documented
+    status codes and content types, bodies that match the documented shapes)."""
+    schema = schemathesis.openapi.from_url(api.base_url + "/schema/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= PARAMETERISED
+    if mode == schemathesis.GenerationMode.NEGATIVE:
+        # Nothing to break in an operation without parameters.
+        operations = [op for op in operations if op.label in PARAMETERISED]
+    for operation in operations:
+
+        @SCHEMA_FUZZ
+        @given(case=operation.as_strategy(generation_mode=mode))
+        def check(case: schemathesis.Case) -> None:
+            case.call_and_validate()
+
+        check()
 
 
 def test_the_known_cases_answer_as_documented(api: DataApiProcess) -> None:
