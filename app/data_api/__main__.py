@@ -1,7 +1,7 @@
 """`python -m app.data_api`: load the dataset, then serve it with uvicorn on one worker.
 
 One worker on purpose: the groups' progress lives in this process (and its state file), so
-two workers would each keep their own clock per group.
+two workers would each keep their own batch per group.
 """
 
 from __future__ import annotations
