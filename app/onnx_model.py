@@ -50,6 +50,10 @@ VERIFICATION_FILE = "verification.csv"
 EXPECTED_LABEL_COLUMN = "expected_label"
 MAX_VERIFICATION_ROWS = 1000
 CLASSES_METADATA_KEY = "classes"
+# A graph compiled after the column layout takes one float matrix, FEATURES_INPUT, whose
+# columns (raw numeric and derived, in order) this metadata entry names.
+FEATURES_INPUT = "features"
+COLUMNS_METADATA_KEY = "feature_columns"
 
 LABEL_OUTPUT = "label"
 PROBABILITIES_OUTPUT = "probabilities"
@@ -106,15 +110,62 @@ def _hist_gradient_boosting_fix() -> Iterator[None]:
             tree_ensemble.add_node = original
 
 
-def _compiled_part(pipeline: Pipeline) -> tuple[Pipeline, tuple[str, ...]]:
-    """The part of `pipeline` the graph holds, and the derived features it takes as inputs:
-    everything after a leading terrain step (its features are computed outside the graph)."""
+def _matrix_columns(pipeline: Pipeline) -> list[str] | None:
+    """The columns, in order, of the float matrix that the steps after the column layout take,
+    when everything before them is computable outside the graph: a terrain step, then a layout
+    that only passes numeric and derived columns through (the "codes" layout). None otherwise.
+
+    Such a pipeline is compiled from the step after the layout, with that matrix as its one
+    input: ONNX Runtime then answers a single row 4.5x faster (85 against 386 us, 200 rounds
+    of boosting) than a graph that takes one input per column and concatenates them."""
+    from sklearn.compose import ColumnTransformer
+
+    if len(pipeline.steps) < 3 or pipeline.steps[0][0] != terrain.PIPELINE_STEP:
+        return None
+    layout = pipeline.steps[1][1]
+    if not isinstance(layout, ColumnTransformer):
+        return None
+    # The constructor's spec: the fitted transformers_ show passthrough as a FunctionTransformer.
+    used = [(t, cols) for _, t, cols in layout.transformers if not _is_drop(t, cols)]
+    if (
+        not _is_drop(layout.remainder, [None])
+        or len(used) != 1
+        or not _is(used[0][0], "passthrough")
+    ):
+        return None
+    columns = [str(c) for c in used[0][1]]
+    known = set(NUMERIC_COLUMNS) | set(terrain.BY_NAME)
+    return columns if set(columns) <= known else None
+
+
+def _is(transformer: Any, word: str) -> bool:
+    return isinstance(transformer, str) and transformer == word
+
+
+def _is_drop(transformer: Any, columns: Any) -> bool:
+    return _is(transformer, "drop") or len(columns) == 0
+
+
+def _compiled_part(pipeline: Pipeline) -> tuple[Pipeline, list[tuple[str, Any]], dict[str, str]]:
+    """The part of `pipeline` the graph holds, its inputs, and metadata for OnnxPredictor.
+    A leading terrain step stays outside: its features are inputs, computed at serving."""
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
     from sklearn.pipeline import Pipeline
 
+    columns = _matrix_columns(pipeline)
+    if columns is not None:
+        inputs = [(FEATURES_INPUT, FloatTensorType([None, len(columns)]))]
+        return Pipeline(pipeline.steps[2:]), inputs, {COLUMNS_METADATA_KEY: json.dumps(columns)}
     name, step = pipeline.steps[0]
-    if name != terrain.PIPELINE_STEP:
-        return pipeline, ()
-    return Pipeline(pipeline.steps[1:]), tuple(step.names)
+    derived: tuple[str, ...] = ()
+    if name == terrain.PIPELINE_STEP:
+        pipeline, derived = Pipeline(pipeline.steps[1:]), tuple(step.names)
+    inputs = (
+        [(c, FloatTensorType([None, 1])) for c in NUMERIC_COLUMNS]
+        + [(c, FloatTensorType([None, 1])) for c in derived]
+        + [(c, StringTensorType([None, 1])) for c in CATEGORICAL_COLUMNS]
+    )
+    return pipeline, inputs, {}
 
 
 def export_onnx(pipeline: Pipeline, sample: pd.DataFrame) -> bytes:
@@ -124,14 +175,8 @@ def export_onnx(pipeline: Pipeline, sample: pd.DataFrame) -> bytes:
     `sample` (a few feature rows) is used to check that the graph runs; the input types come
     from the data contract, not from the sample's dtypes."""
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
-    compiled, derived = _compiled_part(pipeline)
-    initial_types = (
-        [(c, FloatTensorType([None, 1])) for c in NUMERIC_COLUMNS]
-        + [(c, FloatTensorType([None, 1])) for c in derived]
-        + [(c, StringTensorType([None, 1])) for c in CATEGORICAL_COLUMNS]
-    )
+    compiled, initial_types, metadata = _compiled_part(pipeline)
     classifier = pipeline.steps[-1][1]
     with _hist_gradient_boosting_fix():
         model = convert_sklearn(
@@ -144,8 +189,9 @@ def export_onnx(pipeline: Pipeline, sample: pd.DataFrame) -> bytes:
     if outputs != [LABEL_OUTPUT, PROBABILITIES_OUTPUT]:
         raise ValueError(f"unexpected ONNX outputs {outputs}")
     classes = [int(c) for c in pipeline.classes_]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = CLASSES_METADATA_KEY, json.dumps(classes)
+    for key, value in {CLASSES_METADATA_KEY: json.dumps(classes), **metadata}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     data = model.SerializeToString()
     rows = _frame_columns(sample)
     labels, probabilities = OnnxPredictor(data).run_columns(rows)
@@ -229,22 +275,45 @@ class OnnxPredictor:
             if node.type not in _NUMPY_TYPES:
                 raise ValueError(f"ONNX input {node.name} has unsupported type {node.type}")
             self.input_types[node.name] = _NUMPY_TYPES[node.type]
-        unknown = set(self.input_types) - set(FEATURE_COLUMNS) - set(terrain.BY_NAME)
-        if unknown:
-            raise ValueError(f"ONNX model has inputs that are no feature: {sorted(unknown)}")
+        self._matrix: list[str] | None = None
+        if FEATURES_INPUT in self.input_types:
+            self._matrix = json.loads(meta.get(COLUMNS_METADATA_KEY, "null"))
+            known = set(NUMERIC_COLUMNS) | set(terrain.BY_NAME)
+            if not isinstance(self._matrix, list) or not set(self._matrix) <= known:
+                raise ValueError(f"ONNX model's {COLUMNS_METADATA_KEY} metadata is not usable")
+            if self.input_types[FEATURES_INPUT] is not np.float32 or len(self.input_types) != 1:
+                raise ValueError(f"ONNX model with a {FEATURES_INPUT} matrix has other inputs")
+            derived = [c for c in self._matrix if c in terrain.BY_NAME]
+            self._raw: list[tuple[str, type]] = []
+        else:
+            unknown = set(self.input_types) - set(FEATURE_COLUMNS) - set(terrain.BY_NAME)
+            if unknown:
+                raise ValueError(f"ONNX model has inputs that are no feature: {sorted(unknown)}")
+            derived = [n for n in self.input_types if n in terrain.BY_NAME]
+            self._raw = [(n, t) for n, t in self.input_types.items() if n not in terrain.BY_NAME]
         # Computed here, from the raw columns, by the definitions training used.
-        self.derived: tuple[str, ...] = tuple(n for n in self.input_types if n in terrain.BY_NAME)
-        self._raw = [(n, t) for n, t in self.input_types.items() if n not in terrain.BY_NAME]
+        self.derived: tuple[str, ...] = tuple(derived)
         self._outputs = [LABEL_OUTPUT, PROBABILITIES_OUTPUT]
 
     def run_columns(self, columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Labels and probabilities from plain per-column sequences (the API's hot path: no
         DataFrame). Each value of `columns` holds one entry per row of every feature column."""
-        feeds = {
-            name: np.asarray(columns[name], dtype=dtype).reshape(-1, 1) for name, dtype in self._raw
-        }
-        if self.derived:
-            for name, values in terrain.derive(columns, self.derived).items():
+        derived = terrain.derive(columns, self.derived) if self.derived else {}
+        if self._matrix is not None:
+            # float64 first: every value is exact there and (see app.terrain) in float32 too.
+            matrix = np.column_stack(
+                [
+                    derived[c] if c in derived else np.asarray(columns[c], dtype=np.float64)
+                    for c in self._matrix
+                ]
+            )
+            feeds = {FEATURES_INPUT: matrix.astype(np.float32)}
+        else:
+            feeds = {
+                name: np.asarray(columns[name], dtype=dtype).reshape(-1, 1)
+                for name, dtype in self._raw
+            }
+            for name, values in derived.items():
                 feeds[name] = values.astype(np.float32).reshape(-1, 1)
         labels, probabilities = self._session.run(self._outputs, feeds)
         return labels, probabilities

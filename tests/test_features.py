@@ -12,7 +12,7 @@ import pytest
 
 from app import terrain
 from app.covertype import FEATURE_COLUMNS, NUMERIC_RANGES, SOIL_TYPES, TARGET_COLUMN
-from app.onnx_model import OnnxPredictor, compare, export_onnx
+from app.onnx_model import FEATURES_INPUT, OnnxPredictor, compare, export_onnx
 from app.pipeline.candidates import CANDIDATE_NAMES, default_candidates
 from app.pipeline.features import TERRAIN_STEP, TerrainFeatures
 from app.settings import TrainingSettings
@@ -172,6 +172,9 @@ def test_the_compiled_form_covers_the_terrain_step(fitted, covertype_frames, nam
     predictor = OnnxPredictor(data)
     # The graph takes the derived features as inputs, computed by app.terrain at serving.
     assert set(pipeline.named_steps[TERRAIN_STEP].names) == set(predictor.derived)
+    if name != "logistic_regression":
+        # The codes layout only passes columns through: the graph takes one float matrix.
+        assert list(predictor.input_types) == [FEATURES_INPUT]
     result = compare(pipeline, data, holdout)
     assert result.n_rows == len(holdout)
     assert result.n_mismatched_labels == 0, result
