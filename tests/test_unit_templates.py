@@ -1,0 +1,255 @@
+"""Every unit template in systemd/, rendered the way the roles render it, and checked.
+
+Ansible renders each template (its template module, so `{% include 'hardening.conf.j2' %}`
+resolves as on a real host) with the roles' defaults and the playbook's group_vars, for a
+host in every service group. Then: `systemd-analyze verify` accepts each unit (with the
+binaries it names stubbed under a scratch root), every unit restarts on failure, comes back
+after a reboot (WantedBy=mlops.target, which multi-user.target wants) and carries the shared
+hardening, and each differs from the others only where its role says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+ANSIBLE_DIR = REPO_ROOT / "ansible"
+SYSTEMD_DIR = REPO_ROOT / "systemd"
+ROLES = ["postgresql", "mysql", "minio", "mlflow", "data_api", "inference_api", "airflow", "ui"]
+PLAYBOOK_BIN = REPO_ROOT / ".venv" / "bin" / "ansible-playbook"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+# The one thing a unit may say about its hardening: what differs from the shared block.
+EXPECTED_DIFFERENCES = {
+    "airflow-scheduler.service": {"ProtectProc": "default"},
+}
+NO_MDWE = {"mlflow.service"} | {
+    f"airflow-{c}.service" for c in ("api-server", "scheduler", "dag-processor", "triggerer")
+}
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for raw in text.replace("\\\n", " ").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        assert current is not None, line
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    if not PLAYBOOK_BIN.exists():
+        pytest.skip("the dev venv has no ansible-playbook (make venv)")
+    work = tmp_path_factory.mktemp("units")
+    out = work / "out"
+    out.mkdir()
+    groups = {g: {"hosts": {"mlops-test": None}} for g in ROLES}
+    inventory = {
+        "all": {
+            "hosts": {
+                "mlops-test": {
+                    "ansible_connection": "local",
+                    "ansible_host": "127.0.0.1",
+                    "ansible_python_interpreter": str(REPO_ROOT / ".venv" / "bin" / "python"),
+                }
+            },
+            "children": groups,
+        }
+    }
+    (work / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    # Role defaults first, then group_vars: later vars_files win, as group_vars outrank
+    # role defaults in site.yml.
+    vars_files = [str(ANSIBLE_DIR / "roles" / r / "defaults" / "main.yml") for r in ROLES]
+    vars_files += [str(ANSIBLE_DIR / "roles" / "mysql" / "vars" / "Debian.yml")]
+    vars_files += [str(p) for p in sorted((ANSIBLE_DIR / "group_vars" / "all").glob("*.yml"))]
+    units = {
+        "minio.service": "minio.service.j2",
+        "mlflow.service": "mlflow.service.j2",
+        "data-api.service": "data-api.service.j2",
+        "inference-api.service": "inference-api.service.j2",
+        "ui.service": "ui.service.j2",
+    }
+    playbook = [
+        {
+            "name": "Render every unit template",
+            "hosts": "all",
+            "gather_facts": True,
+            "gather_subset": ["min", "network"],
+            "vars_files": vars_files,
+            "vars": {
+                # The secrets never reach a unit; keep the lookups away from the repo.
+                "mlops_secrets_dir": str(work / "secrets"),
+                "ansible_distribution": "Debian",
+            },
+            "tasks": [
+                {
+                    "name": "Unit",
+                    "ansible.builtin.template": {
+                        "src": str(SYSTEMD_DIR) + "/{{ item.value }}",
+                        "dest": str(out) + "/{{ item.key }}",
+                        "mode": "0644",
+                    },
+                    "loop": "{{ units | dict2items }}",
+                },
+                {
+                    "name": "Airflow units",
+                    "ansible.builtin.template": {
+                        "src": str(SYSTEMD_DIR / "airflow.service.j2"),
+                        "dest": str(out) + "/airflow-{{ airflow_component.name }}.service",
+                        "mode": "0644",
+                    },
+                    "loop": "{{ airflow_components }}",
+                    "loop_control": {"loop_var": "airflow_component"},
+                },
+                {
+                    "name": "What the roles declare, as role common records it",
+                    "ansible.builtin.set_fact": {
+                        "common_services": "{{ dict(roles | zip(roles | map('regex_replace', '$', '_service') | map('extract', vars))) }}",
+                    },
+                    "vars": {"roles": ROLES},
+                },
+                {
+                    "name": "mlops.target",
+                    "ansible.builtin.template": {
+                        "src": str(SYSTEMD_DIR / "mlops.target.j2"),
+                        "dest": str(out / "mlops.target"),
+                        "mode": "0644",
+                    },
+                },
+                {
+                    "name": "The declarations",
+                    "ansible.builtin.copy": {
+                        "content": "{{ common_services | to_nice_json }}",
+                        "dest": str(out / "services.json"),
+                        "mode": "0644",
+                    },
+                },
+            ],
+        }
+    ]
+    playbook[0]["vars"]["units"] = units
+    (work / "render.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+               ANSIBLE_ROLES_PATH=str(ANSIBLE_DIR / "roles"))
+    result = subprocess.run(
+        [str(PLAYBOOK_BIN), "-i", str(work / "hosts.yml"), str(work / "render.yml")],
+        capture_output=True, text=True, env=env, cwd=work, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return {p.name: p.read_text() for p in out.iterdir()}
+
+
+def service_units(rendered: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in rendered.items() if k.endswith(".service")}
+
+
+def test_every_template_is_rendered(rendered: dict[str, str]) -> None:
+    templates = {p.name for p in SYSTEMD_DIR.glob("*.j2")} - {"hardening.conf.j2"}
+    assert templates == {
+        "airflow.service.j2", "data-api.service.j2", "inference-api.service.j2",
+        "minio.service.j2", "mlflow.service.j2", "mlops.target.j2", "ui.service.j2",
+    }
+    assert set(service_units(rendered)) == {
+        "airflow-api-server.service", "airflow-scheduler.service",
+        "airflow-dag-processor.service", "airflow-triggerer.service", "data-api.service",
+        "inference-api.service", "minio.service", "mlflow.service", "ui.service",
+    }
+
+
+def test_units_restart_and_come_back_after_reboot(rendered: dict[str, str]) -> None:
+    for name, text in service_units(rendered).items():
+        unit = parse_unit(text)
+        assert unit["Service"]["Restart"] == ["on-failure"], name
+        assert unit["Install"]["WantedBy"] == ["mlops.target"], name
+        assert unit["Unit"]["PartOf"] == ["mlops.target"], name
+        assert "{{" not in text and "{%" not in text, name
+    target = parse_unit(rendered["mlops.target"])
+    assert target["Install"]["WantedBy"] == ["multi-user.target"]
+    wanted = set(target["Unit"]["Wants"])
+    assert set(service_units(rendered)) | {"postgresql.service", "mariadb.service"} == wanted
+
+
+def test_hardening_is_shared_and_differs_only_where_declared(rendered: dict[str, str]) -> None:
+    hardening = parse_unit(
+        "[Service]\n" + re.sub(r"\{#.*?#\}|\{%.*?%\}", "", (SYSTEMD_DIR / "hardening.conf.j2").read_text(), flags=re.S)
+    )["Service"]
+    keys = set(hardening) - {"ReadWritePaths", "ProtectProc", "MemoryDenyWriteExecute"}
+    baseline = None
+    for name, text in service_units(rendered).items():
+        service = parse_unit(text)["Service"]
+        shared = {k: service[k] for k in keys}
+        baseline = baseline or shared
+        assert shared == baseline, name
+        expected_proc = EXPECTED_DIFFERENCES.get(name, {}).get("ProtectProc", "invisible")
+        assert service["ProtectProc"] == [expected_proc], name
+        assert ("MemoryDenyWriteExecute" in service) == (name not in NO_MDWE), name
+        assert len(service["ReadWritePaths"]) == 1 and service["ReadWritePaths"][0].startswith("/var/lib/"), name
+    assert baseline["ProtectSystem"] == ["strict"] and baseline["NoNewPrivileges"] == ["yes"]
+
+
+def test_health_urls_and_ports_come_from_the_port_variables(rendered: dict[str, str]) -> None:
+    ports = yaml.safe_load((ANSIBLE_DIR / "group_vars" / "all" / "ports.yml").read_text())
+    services = json.loads(rendered["services.json"])
+    urls = {h["name"]: h["url"] for s in services.values() for h in s.get("health", [])}
+    assert urls == {
+        "minio": f"http://127.0.0.1:{ports['minio_api_port']}/minio/health/live",
+        "mlflow": f"http://127.0.0.1:{ports['mlflow_port']}/health",
+        "data-api": f"http://127.0.0.1:{ports['data_api_port']}/health",
+        "inference-api": f"http://127.0.0.1:{ports['inference_api_port']}/health",
+        "model-ready": f"http://127.0.0.1:{ports['inference_api_port']}/ready",
+        "airflow": f"http://127.0.0.1:{ports['airflow_api_port']}/api/v2/monitor/health",
+        "ui": f"http://127.0.0.1:{ports['ui_port']}/health",
+    }
+    opened = sorted(int(p) for s in services.values() for p in s.get("ports", []))
+    assert opened == sorted(
+        ports[k] for k in ("ui_port", "airflow_api_port", "mlflow_port", "minio_console_port")
+    )
+    assert "8080" not in (SYSTEMD_DIR / "airflow.service.j2").read_text()
+    assert 2024 not in ports.values()
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify(rendered: dict[str, str], tmp_path: Path) -> None:
+    # verify checks that ExecStart's binary exists and that the User= exists is not its job;
+    # the units name venvs that only a provisioned host has, so stub them under a root.
+    root = tmp_path / "root"
+    unit_dir = root / "etc" / "systemd" / "system"
+    unit_dir.mkdir(parents=True)
+    for name, text in rendered.items():
+        if name.endswith((".service", ".target")):
+            (unit_dir / name).write_text(text)
+            for exe in re.findall(r"^ExecStart(?:Pre)?=[-@:+!]*(/\S+)", text, re.M):
+                stub = root / exe.lstrip("/")
+                stub.parent.mkdir(parents=True, exist_ok=True)
+                stub.write_text("#!/bin/sh\n")
+                stub.chmod(0o755)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", f"--root={root}", "--man=no",
+         *sorted(str(unit_dir / n) for n in rendered if n.endswith((".service", ".target")))],
+        capture_output=True, text=True, timeout=120,
+    )
+    # Units the platform's own units only order against (distro units, network-online)
+    # are not in the scratch root: "not found" for those is expected, anything else is not.
+    problems = [
+        line for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and not re.search(r"(postgresql|mariadb|mysql)\.service|not found|No such file", line)
+    ]
+    assert not problems, textwrap.indent("\n".join(problems), "  ")
