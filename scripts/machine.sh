@@ -35,8 +35,11 @@ mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 ssh_port=2222
 venv="$repo/.venv"
 nspawn_pid_file="$state/nspawn.pid"
-# Ports the machine's services take on the host's network (it shares it).
-service_ports=(2222 5432 3306 9000 9001 5000 8080 8793 8794 8000 8001 8503)
+# Ports the machine's services take on the host's network (it shares it): SSH and every
+# port of ansible/group_vars/all/ports.yml, where each is defined once (`name_port: N` lines).
+ports_file="$repo/ansible/group_vars/all/ports.yml"
+port_of() { sed -n "s/^$1: *\([0-9][0-9]*\) *\$/\1/p" "$ports_file"; }
+mapfile -t service_ports < <(echo "$ssh_port"; sed -n 's/^[a-z_]*_port: *\([0-9][0-9]*\) *$/\1/p' "$ports_file")
 
 step_name="start"
 step_log=""
@@ -232,12 +235,12 @@ summary() {
     local secrets="$repo/ansible/.secrets/local"
     echo
     say "the platform is up ($(elapsed "$t0") s)"
-    note "Web UI    http://localhost:8503"
-    note "Airflow   http://localhost:8080   user admin  password $(cat "$secrets/airflow-admin" 2>/dev/null)"
-    note "MLflow    http://localhost:5000"
-    note "Inference http://localhost:8000   (OpenAPI /schema; ready once the DAG has promoted a model)"
-    note "Data API  http://localhost:8001/data?group_number=1"
-    note "MinIO     http://localhost:9001   user mlops-admin  password $(cat "$secrets/minio-root" 2>/dev/null)   (S3 API :9000, bucket mlflows3)"
+    note "Web UI    http://localhost:$(port_of ui_port)"
+    note "Airflow   http://localhost:$(port_of airflow_api_port)   user admin  password $(cat "$secrets/airflow-admin" 2>/dev/null)"
+    note "MLflow    http://localhost:$(port_of mlflow_port)"
+    note "Inference http://localhost:$(port_of inference_api_port)   (OpenAPI /schema; ready once the DAG has promoted a model)"
+    note "Data API  http://localhost:$(port_of data_api_port)/data?group_number=1"
+    note "MinIO     http://localhost:$(port_of minio_console_port)   user mlops-admin  password $(cat "$secrets/minio-root" 2>/dev/null)   (S3 API :$(port_of minio_api_port), bucket mlflows3)"
     note "Shell     scripts/machine.sh ssh      Status: scripts/machine.sh status"
     note "Secrets   $secrets/    Logs: $logs/"
     note "Stop      make down   (PURGE=1 make down also deletes the machine's disk)"
