@@ -34,8 +34,9 @@ TERRAFORM_DIR = REPO_ROOT / "terraform"
 VAGRANTFILE = REPO_ROOT / "Vagrantfile"
 SITE_YML = REPO_ROOT / "ansible" / "site.yml"
 
-# DESIGN.md: every UI and API the user opens (never 2024).
-PLATFORM_PORTS = {5000, 8080, 8001, 8000, 8503, 9000, 9001}
+# Every UI and API the user opens (never 2024), from the one place ports are defined.
+PORTS = yaml.safe_load((REPO_ROOT / "ansible" / "group_vars" / "all" / "ports.yml").read_text())
+PLATFORM_PORTS = {PORTS[name] for name in PORTS["mlops_forwarded_ports"]}
 SAMPLE_ADDRESS = "192.0.2.10"
 # A comment with ": " would break a plain YAML scalar: the template must quote it.
 SAMPLE_SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests user@laptop: test"
@@ -189,10 +190,16 @@ def test_vagrant_validate_rejects_a_bad_size(tmp_path: Path) -> None:
 
 def test_vagrantfile_forwards_every_port_and_runs_site_yml() -> None:
     text = VAGRANTFILE.read_text()
-    ports_block = re.search(r"FORWARDED_PORTS = \{(.*?)\}\.freeze", text, re.S)
-    assert ports_block
-    ports = {int(p) for p in re.findall(r"=> (\d+)", ports_block.group(1))}
-    assert ports == PLATFORM_PORTS
+    # The forwarded ports are read from ansible/group_vars/all/ports.yml; evaluate that part.
+    ports_block = re.search(r'^require "yaml"\n.*?^end\.freeze$', text, re.S | re.M)
+    assert ports_block and "mlops_forwarded_ports" in ports_block.group(0)
+    script = f"ROOT = {str(REPO_ROOT)!r}\n{ports_block.group(0)}\n"
+    script += "puts FORWARDED_PORTS.values.join(' ')"
+    if shutil.which("ruby"):
+        out = subprocess.run(["ruby", "-e", script], capture_output=True, text=True, check=True)
+        assert {int(p) for p in out.stdout.split()} == PLATFORM_PORTS
+    assert {PORTS["ui_port"], PORTS["airflow_api_port"], PORTS["mlflow_port"]} <= PLATFORM_PORTS
+    assert 2024 not in PORTS.values()
     # Same port on the host as in the VM, so make up's localhost URLs work unchanged.
     assert re.search(r'"forwarded_port",.*guest: port, host: port,', text)
     assert "2024" not in text
