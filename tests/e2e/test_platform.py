@@ -33,6 +33,7 @@ from urllib.parse import quote
 import httpx
 import psycopg2
 import pytest
+import yaml
 
 from app.settings import MlflowSettings
 from ui import examples
@@ -62,17 +63,19 @@ MODEL_NAME = _MLFLOW.registered_model_name
 ALIAS = _MLFLOW.production_alias
 EXPERIMENT = _MLFLOW.experiment_name
 
-AIRFLOW = "http://127.0.0.1:8080"
-MLFLOW = "http://127.0.0.1:5000"
-INFERENCE = "http://127.0.0.1:8000"
-UI = "http://127.0.0.1:8503"
-MINIO_CONSOLE = "http://127.0.0.1:9001"
+# Every port as provisioning defines it (the machine's services are on the host's loopback).
+PORTS = yaml.safe_load((REPO_ROOT / "ansible" / "group_vars" / "all" / "ports.yml").read_text())
+AIRFLOW = f"http://127.0.0.1:{PORTS['airflow_api_port']}"
+MLFLOW = f"http://127.0.0.1:{PORTS['mlflow_port']}"
+INFERENCE = f"http://127.0.0.1:{PORTS['inference_api_port']}"
+UI = f"http://127.0.0.1:{PORTS['ui_port']}"
+MINIO_CONSOLE = f"http://127.0.0.1:{PORTS['minio_console_port']}"
 BUCKET = "mlflows3"
 HEALTH = {
-    "minio": "http://127.0.0.1:9000/minio/health/live",
+    "minio": f"http://127.0.0.1:{PORTS['minio_api_port']}/minio/health/live",
     "mlflow": f"{MLFLOW}/health",
     "airflow": f"{AIRFLOW}/api/v2/monitor/health",
-    "data-api": "http://127.0.0.1:8001/health",
+    "data-api": f"http://127.0.0.1:{PORTS['data_api_port']}/health",
     "inference-api": f"{INFERENCE}/health",
     "ui": f"{UI}/health",
 }
@@ -319,7 +322,7 @@ def registry_snapshot() -> dict[str, Any]:
 
 def batches_dsn() -> str:
     password = (SECRETS / "postgresql-batches-reader").read_text().strip()
-    return f"postgresql://batches_reader:{password}@127.0.0.1:5432/batches_db"
+    return f"postgresql://batches_reader:{password}@127.0.0.1:{PORTS['postgresql_port']}/batches_db"
 
 
 def batches_snapshot() -> dict[str, Any]:
