@@ -2,7 +2,9 @@
 
 `current` is replaced as a whole (one attribute assignment) and never mutated: a request reads
 it once and answers every row with that object, so a swap in the middle of a request changes
-nothing for it. A failed load leaves `current` alone and records why.
+nothing for it. A failed load leaves `current` alone and records why; /model then names the
+version the alias points to, that it could not be loaded, and the version still serving
+(`notice`), so an alias moved to a version whose artifacts are gone never takes the API down.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ class ModelHolder:
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.last_check_at: datetime | None = None
+        # The version the followed alias pointed to when the watcher last asked.
+        self.alias_version: str | None = None
         self._failure: _Failure | None = None
+        # Why the last version that failed to load did (cleared by a successful swap).
+        self._failure_reason: str | None = None
         self._lock = asyncio.Lock()
 
     # --- state changes ----------------------------------------------------------------------
@@ -62,7 +68,7 @@ class ModelHolder:
         previous = self.current
         self.current = model
         self.last_error = self.last_error_at = None
-        self._failure = None
+        self._failure = self._failure_reason = None
         log.info(
             "serving %s version %s (%s; backend %s: %s)%s",
             model.ref.name,
@@ -106,6 +112,7 @@ class ModelHolder:
                 self._error(f"{type(exc).__name__}: {exc}")
                 log.exception("watcher: unexpected error asking MLflow")
                 return
+            self.alias_version = ref.version
             if self.current is not None and self.current.version == ref.version:
                 self.last_error = self.last_error_at = None
                 return
@@ -121,6 +128,7 @@ class ModelHolder:
                 count = failure.count + 1 if failure and failure.version == ref.version else 1
                 delay = min(self.settings.poll_interval_seconds * 2**count, MAX_RETRY_DELAY_SECONDS)
                 self._failure = _Failure(ref.version, count, time.monotonic() + delay)
+                self._failure_reason = str(exc)
                 self._error(str(exc))
                 log.warning("watcher: keeping %s: %s", self._serving(), exc)
                 return
@@ -170,6 +178,7 @@ class ModelHolder:
             else:
                 self.pinned_version = None
                 self.alias = alias or self.settings.model_alias
+                self.alias_version = ref.version
             if outcome == "loaded":
                 await self._swap(model)
             else:
@@ -186,6 +195,22 @@ class ModelHolder:
             f"({self.settings.mlflow_tracking_uri}), retrying every "
             f"{self.settings.poll_interval_seconds:g}s{why}"
         )
+
+    def notice(self) -> str | None:
+        """Set when the served version is not the one the followed alias points to, and why."""
+        model, target = self.current, self.alias_version
+        if self.pinned_version is not None or target is None:
+            return None
+        if model is not None and model.version == target:
+            return None
+        failure = self._failure
+        why = (
+            f", which could not be loaded ({self._failure_reason})"
+            if failure is not None and failure.version == target and self._failure_reason
+            else ", not loaded yet"
+        )
+        serving = f"still serving version {model.version}" if model else "no model is served"
+        return f"alias {self.alias} points to version {target}{why}; {serving}"
 
     def info(self) -> ModelInfo:
         model = self.current
@@ -204,6 +229,8 @@ class ModelHolder:
             trained_batches=model.trained_batches if model else None,
             trained_rows=model.trained_rows if model else None,
             training_info=dict(model.training_info) if model else {},
+            alias_version=self.alias_version,
+            notice=self.notice(),
             last_error=self.last_error,
             last_error_at=self.last_error_at,
             last_check_at=self.last_check_at,

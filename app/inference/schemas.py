@@ -116,6 +116,20 @@ class ModelInfo(msgspec.Struct):
     training_info: Annotated[
         dict[str, str], msgspec.Meta(description="the run params/tags the training facts came from")
     ]
+    alias_version: Annotated[
+        str | None,
+        msgspec.Meta(description="the version the alias pointed to when the watcher last asked"),
+    ]
+    notice: Annotated[
+        str | None,
+        msgspec.Meta(
+            description=(
+                "set when the version served is not the one the alias points to: which one it "
+                "points to, why it is not served (e.g. its artifacts could not be loaded), and "
+                "what is served instead"
+            )
+        ),
+    ]
     last_error: str | None
     last_error_at: datetime | None
     last_check_at: datetime | None
