@@ -80,6 +80,12 @@ resource "libvirt_domain" "mlops" {
     volume_id = libvirt_volume.root.id
   }
 
+  # How long to wait for the domain's DHCP lease (the provider's default is 5m; a VM under
+  # emulation, domain_type = "qemu", can take longer to boot).
+  timeouts {
+    create = var.boot_timeout
+  }
+
   # Debian's cloud images log to the serial console.
   console {
     type        = "pty"

@@ -15,6 +15,12 @@ variable "domain_type" {
   }
 }
 
+variable "boot_timeout" {
+  description = "How long terraform apply waits for the new VM's DHCP lease, e.g. \"5m\" (KVM) or \"30m\" (emulation on a busy host)."
+  type        = string
+  default     = "5m"
+}
+
 variable "vm_name" {
   description = "Name of the VM (libvirt domain), its host name and its name in the Ansible inventory."
   type        = string
