@@ -25,6 +25,7 @@ from tests.conftest import REPO_ROOT
 
 ANSIBLE_DIR = REPO_ROOT / "ansible"
 SYSTEMD_DIR = REPO_ROOT / "systemd"
+COMMON_TEMPLATES = ANSIBLE_DIR / "roles" / "common" / "templates"
 ROLES = ["postgresql", "mysql", "minio", "mlflow", "data_api", "inference_api", "airflow", "ui"]
 PLAYBOOK_BIN = REPO_ROOT / ".venv" / "bin" / "ansible-playbook"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -126,10 +127,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                 {
                     "name": "What the roles declare, as role common records it",
                     "ansible.builtin.set_fact": {
-                        "common_services": "{{ dict(roles | zip(roles | map('regex_replace',"
-                        " '$', '_service') | map('extract', vars))) }}",
+                        "common_services": "{{ dict(service_roles | zip(service_roles"
+                        " | map('regex_replace', '$', '_service') | map('extract', vars))) }}",
                     },
-                    "vars": {"roles": ROLES},
+                    "vars": {"service_roles": ROLES},
                 },
                 {
                     "name": "mlops.target",
@@ -138,6 +139,26 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                         "dest": str(out / "mlops.target"),
                         "mode": "0644",
                     },
+                },
+                {
+                    "name": "What role common renders from the declarations",
+                    "ansible.builtin.template": {
+                        "src": "{{ item.src }}",
+                        "dest": str(out) + "/{{ item.dest }}",
+                        "mode": "0644",
+                    },
+                    "loop": [
+                        {"src": str(COMMON_TEMPLATES / "mlops-status.j2"), "dest": "mlops-status"},
+                        {
+                            "src": str(COMMON_TEMPLATES / "nftables.conf.j2"),
+                            "dest": "nftables.conf",
+                        },
+                        {
+                            "src": str(ANSIBLE_DIR / "templates" / "summary.txt.j2"),
+                            "dest": "summary.txt",
+                        },
+                    ],
+                    "vars": {"common_firewall_allowed_tcp_ports": [22]},
                 },
                 {
                     "name": "The declarations",
@@ -167,6 +188,25 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return {p.name: p.read_text() for p in out.iterdir()}
+
+
+def test_status_firewall_and_summary_use_the_declarations(rendered: dict[str, str]) -> None:
+    ports = yaml.safe_load((ANSIBLE_DIR / "group_vars" / "all" / "ports.yml").read_text())
+    status = rendered["mlops-status"]
+    for unit in service_units(rendered):
+        assert f"  {unit}\n" in status, unit
+    assert f'"model-ready optional http://127.0.0.1:{ports["inference_api_port"]}/ready"' in status
+    assert f'"ui required http://127.0.0.1:{ports["ui_port"]}/health"' in status
+    opened = re.search(r"tcp dport \{ ([0-9, ]+) \} accept", rendered["nftables.conf"])
+    assert opened
+    assert [int(p) for p in opened.group(1).split(", ")] == sorted(
+        [22]
+        + [ports[k] for k in ("ui_port", "airflow_api_port", "mlflow_port", "minio_console_port")]
+    )
+    summary = rendered["summary.txt"]
+    for label in ("Airflow", "MLflow", "Web UI", "Inference", "Data API", "DAG", "MinIO", "S3"):
+        assert re.search(rf"^{label} ", summary, re.M), label
+    assert f"localhost:{ports['ui_port']}" in summary or f":{ports['ui_port']}" in summary
 
 
 def service_units(rendered: dict[str, str]) -> dict[str, str]:
