@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Hypothesis keeps its example database in .hypothesis/ of the working folder unless told
+# otherwise; the fuzz tests must not write into the repository.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", tempfile.mkdtemp(prefix="mlops-hypothesis-"))
 
 from tests.servers import (
     MinioServer,
@@ -167,3 +172,7 @@ def _restore_mlflow_globals() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+# --- Airflow (DAG tests): registered here once, so every module shares one migrated database.
+from tests.dag_harness import airflow_home, pipeline_env, scripted_api  # noqa: E402, F401

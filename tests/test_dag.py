@@ -7,95 +7,22 @@ database, the real data API process, real PostgreSQL batches_db and the real MLf
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
-import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO_ROOT, SMALL_CANDIDATE_PARAMS
+from tests.conftest import REPO_ROOT
+from tests.dag_harness import base_env, run_dag, sample_rows
 from tests.mlflow_server import MlflowServer
-from tests.servers import PostgresServer
 from tests.test_data_api_process import data_api_process
-from tests.test_data_client import CourseServer, Reply, ScriptedServer, scripted_server
+from tests.test_data_client import CourseServer, Reply, ScriptedServer
 
 DAG_ID = "forest_cover_mlops_pipeline"
 AIRFLOW = Path(sys.executable).parent / "airflow"
 DOWNSTREAM_OF_GATE = ("train_and_evaluate", "register_and_promote", "reload_inference_api")
-
-
-@pytest.fixture(scope="session")
-def airflow_home(postgres: PostgresServer, server_root: Path) -> dict[str, str]:
-    """An Airflow home whose metadata lives in the test PostgreSQL, migrated once."""
-    home = server_root / "airflow"
-    home.mkdir(exist_ok=True)
-    dsn = postgres.create_database("airflow_meta")
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": dsn.replace(
-            "postgresql://", "postgresql+psycopg2://"
-        ),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    result = subprocess.run(
-        [AIRFLOW, "db", "migrate"], env={**_base_env(), **env}, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return env
-
-
-def _base_env() -> dict[str, str]:
-    # Nothing of the runner's own configuration may leak into Airflow's processes.
-    prefixes = ("AIRFLOW", "DATA_API", "MLFLOW", "BATCHES", "INFERENCE", "TRAINING", "AWS_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-
-
-def run_dag(env: dict[str, str], timeout: float = 600) -> dict[str, object]:
-    result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tests" / "dag_runner.py")],
-        env={**_base_env(), **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-    )
-    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("DAG_RESULT ")]
-    assert lines, (
-        f"no result (rc {result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-    )
-    outcome = json.loads(lines[-1].removeprefix("DAG_RESULT "))
-    outcome["log"] = result.stdout + result.stderr
-    return outcome
-
-
-@pytest.fixture
-def pipeline_env(
-    airflow_home: dict[str, str],
-    batches_dsn: str,
-    mlflow_server: MlflowServer,
-    request: pytest.FixtureRequest,
-) -> dict[str, str]:
-    """Connections and settings the DAG reads, with a model name of this test's own."""
-    slug = "".join(c if c.isalnum() else "-" for c in request.node.name)[:50].strip("-").lower()
-    return {
-        **airflow_home,
-        "AIRFLOW_CONN_BATCHES_DB": batches_dsn,
-        "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
-        "MLFLOW_EXPERIMENT_NAME": f"dag-{slug}",
-        "MLFLOW_REGISTERED_MODEL": f"dag-{slug}",
-        "TRAINING_PARAM_OVERRIDES": json.dumps(SMALL_CANDIDATE_PARAMS),
-        "TRAINING_N_JOBS": "1",
-        "PIPELINE_TASK_RETRIES": "1",
-        "PIPELINE_RETRY_DELAY_SECONDS": "1",
-    }
 
 
 def _count(dsn: str, sql: str) -> int:
@@ -109,12 +36,6 @@ def _alias_version(tracking_uri: str, name: str) -> str | None:
         return MlflowClient(tracking_uri).get_model_version_by_alias(name, "production").version
     except Exception:
         return None
-
-
-@pytest.fixture
-def scripted_api() -> Iterator[ScriptedServer]:
-    with scripted_server() as script:
-        yield script
 
 
 # --- integrity ------------------------------------------------------------------------------
@@ -140,7 +61,7 @@ print("INFO " + json.dumps({{
 """
     result = subprocess.run(
         [sys.executable, "-c", code],
-        env={**_base_env(), **airflow_home},
+        env={**base_env(), **airflow_home},
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -183,7 +104,7 @@ print("HEAVY:" + ",".join(heavy))
 """
     result = subprocess.run(
         [sys.executable, "-c", code],
-        env={**_base_env(), **airflow_home},
+        env={**base_env(), **airflow_home},
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
@@ -277,7 +198,7 @@ def test_malformed_rows_are_kept_aside_and_the_rest_trained_on(
     def handler(path: str, query: dict[str, list[str]]) -> Reply:
         reply = course(path, query)
         if reply.status == 200 and isinstance(reply.body, dict):
-            reply.body["data"] = _sample_rows(0, 300) + broken
+            reply.body["data"] = sample_rows(0, 300) + broken
         return reply
 
     scripted_api.handler = handler
@@ -297,18 +218,12 @@ def test_malformed_rows_are_kept_aside_and_the_rest_trained_on(
     )
 
 
-def _sample_rows(start: int, stop: int) -> list[list[str]]:
-    from tests.conftest import SAMPLE_CSV
-
-    return [ln.split(",") for ln in SAMPLE_CSV.read_text().splitlines()[1:][start:stop]]
-
-
 def test_mlflow_down_fails_the_run_and_leaves_the_alias(
     pipeline_env: dict[str, str], mlflow_server: MlflowServer, scripted_api: ScriptedServer
 ) -> None:
     scripted_api.replies = [
-        Reply(body={"group_number": 4, "batch_number": 1, "data": _sample_rows(0, 400)}),
-        Reply(body={"group_number": 4, "batch_number": 2, "data": _sample_rows(400, 800)}),
+        Reply(body={"group_number": 4, "batch_number": 1, "data": sample_rows(0, 400)}),
+        Reply(body={"group_number": 4, "batch_number": 2, "data": sample_rows(400, 800)}),
     ]
     env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": scripted_api.url + "?group_number=4"}
     first = run_dag(env)

@@ -15,13 +15,7 @@ import pytest
 
 from app.batch_store import apply_migrations, ingest_batch, missing_batches, seen_batches
 from app.pipeline.steps import PipelineConfig, store_batch
-from tests.test_dag import (  # noqa: F401 - fixtures, found by pytest by name
-    _sample_rows,
-    airflow_home,
-    pipeline_env,
-    run_dag,
-    scripted_api,
-)
+from tests.dag_harness import run_dag, sample_rows
 from tests.test_data_client import Reply, ScriptedServer
 
 GROUP = 6
@@ -29,18 +23,18 @@ GAP_WARNING = re.compile(r"WARNING.*batch gap in group 6", re.IGNORECASE)
 
 
 def test_a_skipped_batch_number_warns_in_the_run_and_progress_does_not(
-    pipeline_env: dict[str, str],  # noqa: F811 - the fixture imported above
-    scripted_api: ScriptedServer,  # noqa: F811
+    pipeline_env: dict[str, str],
+    scripted_api: ScriptedServer,
 ) -> None:
     dsn = pipeline_env["AIRFLOW_CONN_BATCHES_DB"]
     # Batches 1 and 2 came in earlier runs.
     apply_migrations(dsn)
-    ingest_batch(dsn, GROUP, 1, _sample_rows(0, 300))
-    ingest_batch(dsn, GROUP, 2, _sample_rows(300, 600))
+    ingest_batch(dsn, GROUP, 1, sample_rows(0, 300))
+    ingest_batch(dsn, GROUP, 2, sample_rows(300, 600))
     scripted_api.replies = [
-        Reply(body={"group_number": GROUP, "batch_number": 3, "data": _sample_rows(600, 900)}),
+        Reply(body={"group_number": GROUP, "batch_number": 3, "data": sample_rows(600, 900)}),
         # The pipeline was away; the server did not wait for it.
-        Reply(body={"group_number": GROUP, "batch_number": 7, "data": _sample_rows(900, 1200)}),
+        Reply(body={"group_number": GROUP, "batch_number": 7, "data": sample_rows(900, 1200)}),
     ]
     env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": f"{scripted_api.url}?group_number={GROUP}"}
 
@@ -80,7 +74,7 @@ def test_the_store_step_reports_the_gap_and_warns_only_then(
             "status": "new",
             "group_number": GROUP,
             "batch_number": batch,
-            "rows": _sample_rows(start, start + 100),
+            "rows": sample_rows(start, start + 100),
         }
         with caplog.at_level(logging.INFO, logger="app.pipeline.steps"):
             summary = store_batch(config, fetched)
