@@ -26,7 +26,18 @@ from tests.conftest import REPO_ROOT
 ANSIBLE_DIR = REPO_ROOT / "ansible"
 SYSTEMD_DIR = REPO_ROOT / "systemd"
 COMMON_TEMPLATES = ANSIBLE_DIR / "roles" / "common" / "templates"
-ROLES = ["postgresql", "mysql", "minio", "mlflow", "data_api", "inference_api", "airflow", "ui"]
+# The service roles: those site.yml gives a play of their own (a group of the same name).
+ROLES = [
+    p["hosts"]
+    for p in yaml.safe_load((ANSIBLE_DIR / "site.yml").read_text())
+    if p["hosts"] not in ("all", "localhost")
+]
+# Every unit template but the Airflow one, which renders once per airflow_components item.
+UNIT_TEMPLATES = {
+    p.name.removesuffix(".j2"): p.name
+    for p in SYSTEMD_DIR.glob("*.service.j2")
+    if p.name != "airflow.service.j2"
+}
 PLAYBOOK_BIN = REPO_ROOT / ".venv" / "bin" / "ansible-playbook"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
@@ -85,13 +96,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     vars_files = [str(ANSIBLE_DIR / "roles" / r / "defaults" / "main.yml") for r in ROLES]
     vars_files += [str(ANSIBLE_DIR / "roles" / "mysql" / "vars" / "Debian.yml")]
     vars_files += [str(p) for p in sorted((ANSIBLE_DIR / "group_vars" / "all").glob("*.yml"))]
-    units = {
-        "minio.service": "minio.service.j2",
-        "mlflow.service": "mlflow.service.j2",
-        "data-api.service": "data-api.service.j2",
-        "inference-api.service": "inference-api.service.j2",
-        "ui.service": "ui.service.j2",
-    }
+    units = UNIT_TEMPLATES
     playbook = [
         {
             "name": "Render every unit template",
@@ -214,27 +219,14 @@ def service_units(rendered: dict[str, str]) -> dict[str, str]:
 
 
 def test_every_template_is_rendered(rendered: dict[str, str]) -> None:
-    templates = {p.name for p in SYSTEMD_DIR.glob("*.j2")} - {"hardening.conf.j2"}
-    assert templates == {
-        "airflow.service.j2",
-        "data-api.service.j2",
-        "inference-api.service.j2",
-        "minio.service.j2",
-        "mlflow.service.j2",
-        "mlops.target.j2",
-        "ui.service.j2",
+    airflow = yaml.safe_load(
+        (ANSIBLE_DIR / "roles" / "airflow" / "defaults" / "main.yml").read_text()
+    )
+    expected = set(UNIT_TEMPLATES) | {
+        f"airflow-{c['name']}.service" for c in airflow["airflow_components"]
     }
-    assert set(service_units(rendered)) == {
-        "airflow-api-server.service",
-        "airflow-scheduler.service",
-        "airflow-dag-processor.service",
-        "airflow-triggerer.service",
-        "data-api.service",
-        "inference-api.service",
-        "minio.service",
-        "mlflow.service",
-        "ui.service",
-    }
+    assert set(service_units(rendered)) == expected
+    assert len(expected) >= 9  # the four Airflow processes and five services
 
 
 def test_units_restart_and_come_back_after_reboot(rendered: dict[str, str]) -> None:
@@ -273,21 +265,19 @@ def test_hardening_is_shared_and_differs_only_where_declared(rendered: dict[str,
 def test_health_urls_and_ports_come_from_the_port_variables(rendered: dict[str, str]) -> None:
     ports = yaml.safe_load((ANSIBLE_DIR / "group_vars" / "all" / "ports.yml").read_text())
     services = json.loads(rendered["services.json"])
-    urls = {h["name"]: h["url"] for s in services.values() for h in s.get("health", [])}
-    assert urls == {
-        "minio": f"http://127.0.0.1:{ports['minio_api_port']}/minio/health/live",
-        "mlflow": f"http://127.0.0.1:{ports['mlflow_port']}/health",
-        "data-api": f"http://127.0.0.1:{ports['data_api_port']}/health",
-        "inference-api": f"http://127.0.0.1:{ports['inference_api_port']}/health",
-        "model-ready": f"http://127.0.0.1:{ports['inference_api_port']}/ready",
-        "airflow": f"http://127.0.0.1:{ports['airflow_api_port']}/api/v2/monitor/health",
-        "ui": f"http://127.0.0.1:{ports['ui_port']}/health",
-    }
+    for role, declared in services.items():
+        own = {v for k, v in ports.items() if k.startswith(role + "_") and k.endswith("port")}
+        for check in declared.get("health", []):
+            port = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/\S*", check["url"])
+            assert port and int(port.group(1)) in own, (role, check)
+        assert {int(p) for p in declared.get("ports", [])} <= own, role
+    names = [c["name"] for s in services.values() for c in s.get("health", [])]
+    assert len(names) == len(set(names)) and len(names) >= 7
+    # Only the UIs a person opens are open to other hosts.
     opened = sorted(int(p) for s in services.values() for p in s.get("ports", []))
     assert opened == sorted(
         ports[k] for k in ("ui_port", "airflow_api_port", "mlflow_port", "minio_console_port")
     )
-    assert "8080" not in (SYSTEMD_DIR / "airflow.service.j2").read_text()
     assert 2024 not in ports.values()
 
 
