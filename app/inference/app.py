@@ -168,7 +168,9 @@ def prediction_controller(predict_input: PredictInput) -> type[Controller]:
             body = await request.body()
             try:
                 records = predict_input.decoder.decode(body)
-            except msgspec.DecodeError as exc:
+            # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8 inside a
+            # string or key (found by fuzzing: it was a 500).
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 bad = explain(exc, body, predict_input.max_rows)
                 raise ValidationException(detail=bad.detail(), extra=bad.extra()) from None
             # One reference for the whole request: a swap meanwhile does not affect it.

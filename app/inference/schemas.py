@@ -201,13 +201,21 @@ def _value_at(body: bytes, row: int | None, field: str) -> Any:
         data = msgspec.json.decode(body)
         record = data[row] if row is not None else data
         return record[field]
-    except (msgspec.DecodeError, LookupError, TypeError):
+    # RecursionError: msgspec's untyped decode refuses deep nesting that the typed decoder
+    # rejected at its first bracket (found by fuzzing: it was a 500).
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, LookupError, TypeError):
         return _UNREADABLE
 
 
-def _numeric_problem(value: Any, low: int, high: int) -> str:
+_GOT = re.compile(r"got `(?P<type>\w+)`")
+
+
+def _numeric_problem(value: Any, low: int, high: int, problem: str) -> str:
     allowed = f"integer {low}..{high}"
     if value is _UNREADABLE:
+        # Too deep to re-read (msgspec named the type it found), or too large for a float.
+        if (got := _GOT.search(problem)) and got.group("type") in ("array", "object"):
+            return f"expected an {allowed}, got {got.group('type')}"
         return f"number out of range; allowed: {allowed}"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"expected an {allowed}, got {_json_type(value)} {value!r}"
@@ -216,8 +224,10 @@ def _numeric_problem(value: Any, low: int, high: int) -> str:
     return f"{int(value)} is out of range; allowed: {allowed}"
 
 
-def explain(exc: msgspec.DecodeError, body: bytes, max_rows: int) -> BadInput:
+def explain(exc: msgspec.DecodeError | UnicodeDecodeError, body: bytes, max_rows: int) -> BadInput:
     """Turn msgspec's error for `body` into a BadInput with field, row and a readable reason."""
+    if isinstance(exc, UnicodeDecodeError):
+        return BadInput(f"malformed JSON: a string is not valid UTF-8 ({exc.reason})", "body", None)
     text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
         reason = "empty body" if not body.strip() else text.removeprefix("JSON is malformed: ")
@@ -250,7 +260,8 @@ def explain(exc: msgspec.DecodeError, body: bytes, max_rows: int) -> BadInput:
         )
     if field in NUMERIC_RANGES:
         low, high = NUMERIC_RANGES[field]
-        return BadInput(_numeric_problem(_value_at(body, row, field), low, high), field, row)
+        value = _value_at(body, row, field)
+        return BadInput(_numeric_problem(value, low, high, problem), field, row)
     if field == "body":
         if "length >= 1" in problem:
             return BadInput("empty list: send at least one record", "body", None)

@@ -154,9 +154,12 @@ def test_bad_record_is_a_400_naming_field_and_reason(
         (b'"text"', "expected a record (JSON object) or a list of them"),
         (b"[1, 2]", "expected a record (JSON object)"),
         (b"[[]]", "expected a record (JSON object)"),
+        # Both were 500s until the fuzzing of issue 9 found them.
+        (b'{"\x80levation": 2596}', "malformed JSON: a string is not valid UTF-8"),
+        (b'[{"Soil_Type": "C77\xff45"}]', "malformed JSON: a string is not valid UTF-8"),
     ],
     ids=["empty list", "empty body", "truncated", "not json", "null", "number", "string",
-         "list of numbers", "list of lists"],
+         "list of numbers", "list of lists", "bad utf-8 key", "bad utf-8 value"],
 )  # fmt: skip
 def test_bad_body_is_a_400(serving: TestClient, body: bytes, reason: str) -> None:
     response = serving.post("/predict", content=body, headers={"content-type": "application/json"})
@@ -183,6 +186,22 @@ def test_a_number_too_large_for_a_float_is_a_400(serving: TestClient, frames: Fr
     assert problem == {
         "key": "Slope",
         "message": "number out of range; allowed: integer 0..90",
+        "source": "body",
+    }
+
+
+def test_a_deeply_nested_value_is_a_400_naming_the_field(
+    serving: TestClient, frames: Frames
+) -> None:
+    """Found by fuzzing: re-reading the body to name the bad value hit msgspec's depth limit
+    (RecursionError, a 500)."""
+    body = json.dumps(_good(frames)).replace('"Slope": ', '"Slope": ' + "[" * 5000 + ', "x": ', 1)
+    response = serving.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    (problem,) = response.json()["extra"]
+    assert problem == {
+        "key": "Slope",
+        "message": "expected an integer 0..90, got array",
         "source": "body",
     }
 
