@@ -120,6 +120,8 @@ def _column(columns: Mapping[str, Any], name: str) -> np.ndarray:
     values = columns[name]
     if name in _CATEGORICAL_INPUTS:
         return np.asarray(values, dtype=object).reshape(-1)
+    if isinstance(values, np.ndarray) and values.dtype == np.float64 and values.ndim == 1:
+        return values  # already what the definitions take (a serving hot path)
     return np.asarray(values, dtype=np.float64).reshape(-1)
 
 
