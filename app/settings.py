@@ -163,6 +163,11 @@ class InferenceSettings:
     onnx_threads: int = field(
         default_factory=lambda: _env_int("INFERENCE_ONNX_THREADS", 1, minimum=1)
     )
+    # Large ONNX batches (app.inference.app.SPLIT_ROWS rows and more) are split over this many
+    # worker threads at once; 2 uses both cores of the VM for a 1,000-row request.
+    batch_threads: int = field(
+        default_factory=lambda: _env_int("INFERENCE_BATCH_THREADS", 2, minimum=1)
+    )
     # MLflow's client retries a refused connection 7 times with backoff (about 2 minutes) by
     # default; the watcher polls again anyway, so a call should fail fast and say why.
     mlflow_http_retries: int = field(

@@ -461,7 +461,9 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("INFERENCE_POLL_SECONDS", "2.5")
     monkeypatch.setenv("INFERENCE_MAX_ROWS", "500")
     monkeypatch.setenv("INFERENCE_BACKEND", "SKLEARN")
+    monkeypatch.setenv("INFERENCE_BATCH_THREADS", "3")
     settings = InferenceSettings()
+    assert settings.batch_threads == 3
     assert settings.mlflow_tracking_uri == "http://mlflow.example:5000"
     assert (settings.model_name, settings.model_alias) == ("forest-cover", "champion")
     assert (settings.poll_interval_seconds, settings.max_rows) == (2.5, 500)
