@@ -19,6 +19,7 @@ the contract becomes NaN (missing); the APIs refuse such rows before they get he
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,15 +38,45 @@ FIRE_POINTS = "Horizontal_Distance_To_Fire_Points"
 HILLSHADES = ("Hillshade_9am", "Hillshade_Noon", "Hillshade_3pm")
 
 
-def _on_grid(values: np.ndarray, bits: int) -> np.ndarray:
-    scale = float(2**bits)
-    # rint rounds half to even like np.round, and as a bare ufunc costs a tenth on one row.
-    return np.rint(values * scale) / scale
+class _Vector:
+    """Array math for whole columns (training, and batches at serving)."""
 
+    sqrt, sin, cos, deg2rad, rint = np.sqrt, np.sin, np.cos, np.deg2rad, np.rint
 
-def _lookup(table: Mapping[str, float]) -> Callable[[np.ndarray], np.ndarray]:
-    def code(values: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def lookup(table: Mapping[str, float], values: np.ndarray) -> np.ndarray:
         return np.array([table.get(v, np.nan) for v in values.tolist()], dtype=np.float64)
+
+
+class _Scalar:
+    """The same operations on one row's Python floats: on a single row each numpy call costs
+    microseconds, ten times the arithmetic. Both give the same bits: sqrt and IEEE arithmetic
+    are exact, math.radians multiplies by the same pi/180 as np.deg2rad, Python's round is
+    half-to-even like np.rint, and sin/cos agree after the grid (checked for every aspect
+    0..360 in tests/test_features.py)."""
+
+    sqrt, sin, cos, deg2rad = math.sqrt, math.sin, math.cos, math.radians
+
+    @staticmethod
+    def rint(value: float) -> float:
+        return float(round(value))
+
+    @staticmethod
+    def lookup(table: Mapping[str, float], value: str) -> float:
+        return table.get(value, math.nan)
+
+
+Math = type[_Vector] | type[_Scalar]
+
+
+def _on_grid(xp: Math, values: Any, bits: int) -> Any:
+    scale = float(2**bits)
+    return xp.rint(values * scale) / scale
+
+
+def _lookup(table: Mapping[str, float]) -> Callable[[Math, Any], Any]:
+    def code(xp: Math, values: Any) -> Any:
+        return xp.lookup(table, values)
 
     return code
 
@@ -54,9 +85,9 @@ def _lookup(table: Mapping[str, float]) -> Callable[[np.ndarray], np.ndarray]:
 class DerivedFeature:
     name: str
     inputs: tuple[str, ...]
-    # Takes the input columns in `inputs` order (float64 arrays, or object arrays of strings
-    # for a categorical input) and returns one float64 array.
-    compute: Callable[..., np.ndarray]
+    # compute(xp, *inputs): xp is the math namespace (_Vector for float64 arrays, with object
+    # arrays of strings for a categorical input; _Scalar for one row's floats and strings).
+    compute: Callable[..., Any]
     categorical: bool = False
 
 
@@ -68,20 +99,28 @@ DERIVED_FEATURES: Final[tuple[DerivedFeature, ...]] = (
         "Distance_To_Hydrology",
         (HYDROLOGY_H, HYDROLOGY_V),
         # Not np.hypot: sqrt is correctly rounded everywhere, so any runtime gets these bits.
-        lambda h, v: _on_grid(np.sqrt(h * h + v * v), 3),
+        lambda xp, h, v: _on_grid(xp, xp.sqrt(h * h + v * v), 3),
     ),
     # Elevation of the nearest water: separates valley floors from ridges.
-    DerivedFeature("Elevation_Of_Hydrology", ("Elevation", HYDROLOGY_V), lambda e, v: e - v),
-    DerivedFeature("Hydrology_Plus_Fire_Points", (HYDROLOGY_H, FIRE_POINTS), np.add),
-    DerivedFeature("Hydrology_Minus_Fire_Points", (HYDROLOGY_H, FIRE_POINTS), np.subtract),
-    DerivedFeature("Hydrology_Plus_Roadways", (HYDROLOGY_H, ROADWAYS), np.add),
-    DerivedFeature("Hydrology_Minus_Roadways", (HYDROLOGY_H, ROADWAYS), np.subtract),
-    DerivedFeature("Fire_Points_Plus_Roadways", (FIRE_POINTS, ROADWAYS), np.add),
-    DerivedFeature("Fire_Points_Minus_Roadways", (FIRE_POINTS, ROADWAYS), np.subtract),
+    DerivedFeature("Elevation_Of_Hydrology", ("Elevation", HYDROLOGY_V), lambda xp, e, v: e - v),
+    DerivedFeature(
+        "Hydrology_Plus_Fire_Points", (HYDROLOGY_H, FIRE_POINTS), lambda xp, a, b: a + b
+    ),
+    DerivedFeature(
+        "Hydrology_Minus_Fire_Points", (HYDROLOGY_H, FIRE_POINTS), lambda xp, a, b: a - b
+    ),
+    DerivedFeature("Hydrology_Plus_Roadways", (HYDROLOGY_H, ROADWAYS), lambda xp, a, b: a + b),
+    DerivedFeature("Hydrology_Minus_Roadways", (HYDROLOGY_H, ROADWAYS), lambda xp, a, b: a - b),
+    DerivedFeature("Fire_Points_Plus_Roadways", (FIRE_POINTS, ROADWAYS), lambda xp, a, b: a + b),
+    DerivedFeature("Fire_Points_Minus_Roadways", (FIRE_POINTS, ROADWAYS), lambda xp, a, b: a - b),
     # Aspect is an angle: 359 and 1 degrees face the same way.
-    DerivedFeature("Aspect_Sin", ("Aspect",), lambda a: _on_grid(np.sin(np.deg2rad(a)), 12)),
-    DerivedFeature("Aspect_Cos", ("Aspect",), lambda a: _on_grid(np.cos(np.deg2rad(a)), 12)),
-    DerivedFeature("Hillshade_Sum", HILLSHADES, lambda a, b, c: a + b + c),
+    DerivedFeature(
+        "Aspect_Sin", ("Aspect",), lambda xp, a: _on_grid(xp, xp.sin(xp.deg2rad(a)), 12)
+    ),
+    DerivedFeature(
+        "Aspect_Cos", ("Aspect",), lambda xp, a: _on_grid(xp, xp.cos(xp.deg2rad(a)), 12)
+    ),
+    DerivedFeature("Hillshade_Sum", HILLSHADES, lambda xp, a, b, c: a + b + c),
     DerivedFeature(
         "Wilderness_Code",
         ("Wilderness_Area",),
@@ -140,5 +179,11 @@ def derive(
         for column in feature.inputs:
             if column not in inputs:
                 inputs[column] = _column(columns, column)
-        out[name] = feature.compute(*(inputs[c] for c in feature.inputs))
+        out[name] = feature.compute(_Vector, *(inputs[c] for c in feature.inputs))
     return out
+
+
+def derive_row(row: Mapping[str, Any], names: Sequence[str]) -> list[float]:
+    """The derived features `names` of one row (raw column name -> a float or a string), by
+    the same definitions as `derive`, in Python floats: the serving path for a few rows."""
+    return [float(BY_NAME[n].compute(_Scalar, *(row[c] for c in BY_NAME[n].inputs))) for n in names]

@@ -136,6 +136,26 @@ def test_one_definition_for_frames_and_the_apis_columns(covertype_frames) -> Non
         np.testing.assert_array_equal(added[name].to_numpy(), from_frame[name], err_msg=name)
 
 
+def test_one_row_in_python_floats_gives_the_same_bits(covertype_frames) -> None:
+    """derive_row (serving a few rows) against derive (training, batches): every aspect the
+    contract allows, every sample row, and the contract's extremes."""
+    train, holdout = covertype_frames
+    frame = pd.concat([train, holdout, _contract_extremes()], ignore_index=True)
+    frame = frame[list(FEATURE_COLUMNS)]
+    vector = terrain.derive(frame)
+    rows = frame.to_dict("records")
+    for i in range(0, len(rows), 7 if len(rows) > 20000 else 1):
+        row = {k: (v if isinstance(v, str) else float(v)) for k, v in rows[i].items()}
+        scalar = terrain.derive_row(row, terrain.DERIVED_NAMES)
+        expected = [vector[n][i] for n in terrain.DERIVED_NAMES]
+        assert scalar == expected, (rows[i], scalar, expected)
+    for aspect in range(0, 361):
+        row = {**{k: float(v) for k, v in BASE.items() if not isinstance(v, str)}, "Aspect": aspect}
+        scalar = terrain.derive_row(row, ["Aspect_Sin", "Aspect_Cos"])
+        vector_row = terrain.derive(_frame({"Aspect": aspect}), ["Aspect_Sin", "Aspect_Cos"])
+        assert scalar == [vector_row["Aspect_Sin"][0], vector_row["Aspect_Cos"][0]], aspect
+
+
 def _small(name: str) -> dict[str, object]:
     return {
         "hist_gradient_boosting": {"max_iter": 30},
@@ -179,6 +199,13 @@ def test_the_compiled_form_covers_the_terrain_step(fitted, covertype_frames, nam
     assert result.n_rows == len(holdout)
     assert result.n_mismatched_labels == 0, result
     assert result.max_abs_proba_diff < 1e-4, result
+    # The API's single-row path (Python floats): each row alone, as /predict sends it.
+    columns = {c: tuple(v if isinstance(v, str) else float(v) for v in holdout[c])
+               for c in FEATURE_COLUMNS}  # fmt: skip
+    expected = pipeline.predict(holdout[list(FEATURE_COLUMNS)])
+    for i in range(0, len(holdout), 5):
+        one = {c: values[i : i + 1] for c, values in columns.items()}
+        assert predictor.run_columns(one)[0][0] == expected[i], i
 
 
 def test_native_categorical_boosting_stays_off_the_compiled_path(fitted, covertype_frames) -> None:
