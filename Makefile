@@ -65,3 +65,17 @@ lint-ansible: $(LOCK_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts
+
+# The platform image (scripts/image.sh): Debian 13 with the software preinstalled, as a qcow2
+# (Terraform's base volume) and a vagrant-libvirt box, in $(MLOPS_CACHE)/image/.
+MLOPS_CACHE ?= /var/cache/forest-cover-mlops
+.PHONY: image test-vm
+image: $(LOCK_STAMP)
+	@scripts/image.sh
+
+# Real VMs from that image (tests/vm/): Terraform and Vagrant create, provision, check and
+# destroy one each under QEMU emulation, inside a network namespace (scripts/vm-lab.sh).
+# About half an hour on 2 cores: not part of `make test`. Builds the image when missing.
+test-vm: $(LOCK_STAMP)
+	@test -f $(MLOPS_CACHE)/image/forest-cover-mlops-debian13.qcow2 -a -f $(MLOPS_CACHE)/image/forest-cover-mlops-debian13-libvirt.box || scripts/image.sh
+	MLOPS_TEST_VM=1 MLOPS_CACHE=$(MLOPS_CACHE) $(PY) -m pytest tests/vm -v -p no:cacheprovider
