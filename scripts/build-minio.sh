@@ -32,30 +32,16 @@ if [ "${1:-}" = --print ]; then
     echo "$out/minio $out/mc"; exit 0
 fi
 
-# A Go that can build go 1.24 modules: the machine's, else Debian's golang-go. A go >= 1.21
-# fetches a newer toolchain itself from the module proxy when go.mod asks for it.
-find_go() {
-    PATH="$PATH:/usr/local/go/bin"
-    if ! command -v go >/dev/null; then
-        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-            || { echo "build-minio: needs Go >= 1.21 (Debian: apt-get install golang-go)" >&2; exit 1; }
-        echo "==> installing Debian's golang-go" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >&2 \
-            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >&2; }
-    fi
-    local minor; minor="$(go env GOVERSION | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
-    [ "${minor:-0}" -ge 21 ] || { echo "build-minio: $(go env GOVERSION) is too old; needs Go >= 1.21" >&2; exit 1; }
-    export GOTOOLCHAIN=auto
-}
+# shellcheck source=scripts/lib/go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 
 build() { # module version sum name
     local module="$1" version="$2" sum="$3" name="$4" t got
     [ -x "$out/$name" ] && return 0
-    find_go
+    find_go build-minio "$cache"
     t=$(date +%s)
     echo "==> building $name from $module@$version (once per machine; cached in $out)" >&2
     mkdir -p "$out.tmp"
-    export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS=-modcacherw
     # The module itself is checked against the pinned go.sum hash, not the checksum database:
     # sum.golang.org as our proxy serves it has no entry for mc's pin (404 on 2026-12-01).
     # Its dependencies are still verified there as usual.

@@ -72,24 +72,14 @@ if [ "${1:-}" = --print ]; then
     echo "$cli_config"; exit 0
 fi
 
-find_go() {
-    PATH="$PATH:/usr/local/go/bin"
-    if ! command -v go >/dev/null; then
-        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-            || { echo "build-terraform-providers: needs Go >= 1.21 (Debian: apt-get install golang-go)" >&2; exit 1; }
-        echo "==> installing Debian's golang-go" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >&2 \
-            || { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends golang-go >&2; }
-    fi
-    # A go >= 1.21 fetches the toolchain a go.mod asks for from the module proxy.
-    export GOTOOLCHAIN=auto GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS=-modcacherw
-}
+# shellcheck source=scripts/lib/go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 
 build() { # address version module module_version
     local address="$1" version="$2" module="$3" module_version="$4" out dir work t
     out="$(binary_path "$address" "$version")"
     [ -x "$out" ] && return 0
-    find_go
+    find_go build-terraform-providers "$cache"
     t=$(date +%s)
     echo "==> building $address $version from $module@$module_version (once per machine)" >&2
     dir="$(go mod download -json "$module@$module_version" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
