@@ -357,8 +357,9 @@ def compare(pipeline: Pipeline, onnx_bytes: bytes, frame: pd.DataFrame) -> Compa
     labels, probabilities = predictor.run_columns(_frame_columns(features))
     expected_labels = pipeline.predict(features)
     expected_probabilities = pipeline.predict_proba(features)
-    mismatched = int(np.count_nonzero(labels != expected_labels))
-    mismatched += _single_row_mismatches(predictor, features, expected_labels)
+    mismatched = int(
+        np.count_nonzero(_mismatched_rows(predictor, features, labels, expected_labels))
+    )
     diff = float(np.max(np.abs(probabilities - expected_probabilities))) if len(frame) else 0.0
     return Comparison(len(frame), mismatched, diff)
 
@@ -368,12 +369,16 @@ def compare(pipeline: Pipeline, onnx_bytes: bytes, frame: pd.DataFrame) -> Compa
 SINGLE_ROW_CHECKS = 100
 
 
-def _single_row_mismatches(
-    predictor: OnnxPredictor, features: pd.DataFrame, expected: np.ndarray
-) -> int:
+def _mismatched_rows(
+    predictor: OnnxPredictor, features: pd.DataFrame, labels: np.ndarray, expected: np.ndarray
+) -> np.ndarray:
+    """Which rows disagree, in the batch call or, for the first SINGLE_ROW_CHECKS rows, when
+    predicted one at a time (the single-row path is a different code path): a row counts once."""
+    wrong = np.asarray(labels) != np.asarray(expected)
     checked = min(SINGLE_ROW_CHECKS, len(features))
-    labels = [predictor.predict(features.iloc[i : i + 1])[0] for i in range(checked)]
-    return int(np.count_nonzero(np.asarray(labels) != np.asarray(expected[:checked])))
+    single = [predictor.predict(features.iloc[i : i + 1])[0] for i in range(checked)]
+    wrong[:checked] |= np.asarray(single) != np.asarray(expected[:checked])
+    return wrong
 
 
 def verify(predictor: OnnxPredictor, verification: pd.DataFrame) -> Comparison:
@@ -381,8 +386,7 @@ def verify(predictor: OnnxPredictor, verification: pd.DataFrame) -> Comparison:
     (the file log_onnx_artifacts wrote). Probabilities are not in the file: max diff is NaN."""
     labels = predictor.predict(verification)
     expected = verification[EXPECTED_LABEL_COLUMN].to_numpy()
-    mismatched = int(np.count_nonzero(labels != expected))
-    mismatched += _single_row_mismatches(predictor, verification, expected)
+    mismatched = int(np.count_nonzero(_mismatched_rows(predictor, verification, labels, expected)))
     return Comparison(len(verification), mismatched, float("nan"))
 
 
