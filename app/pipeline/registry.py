@@ -199,6 +199,7 @@ def _replace_unservable(
 def _judge(
     client: MlflowClient,
     name: str,
+    alias: str,
     version: str,
     incumbent: str | None,
     challenger: Scores,
@@ -210,7 +211,7 @@ def _judge(
         cap = f"model is {challenger_bytes / MB:.2f} MB, over the {rule.max_bytes / MB:.2f} MB cap"
         return _Verdict(False, cap, {})
     if incumbent is None:
-        return _Verdict(True, "no version had alias", {})
+        return _Verdict(True, f"no version had alias {alias!r}", {})
     try:
         production = _rescore(name, incumbent, holdout)
     except UnservableError as exc:
@@ -280,10 +281,8 @@ def decide_and_promote(
             production=None,
         )
     verdict = _judge(
-        client, name, str(version), incumbent, challenger, challenger_bytes, holdout, rule
+        client, name, alias, str(version), incumbent, challenger, challenger_bytes, holdout, rule
     )
-    if verdict.reason == "no version had alias":
-        verdict.reason = f"no version had alias {alias!r}"
     if verdict.promote:
         moved_meanwhile = _move_alias(client, name, alias, str(version), incumbent)
         if moved_meanwhile:
