@@ -367,13 +367,34 @@ def assert_units_active() -> None:
         assert enabled in ("enabled", "static", "indirect", "alias"), f"{unit} is {enabled}"
 
 
-def assert_healthy() -> None:
+AIRFLOW_COMPONENTS = ("metadatabase", "scheduler", "dag_processor", "triggerer")
+
+
+def health_problems(timeout: float) -> list[str]:
+    """What is not healthy now: endpoints that do not answer 200, Airflow components that
+    are not healthy. Empty when everything is."""
+    problems = []
     for name, url in HEALTH.items():
-        response = httpx.get(url, timeout=15)
-        assert response.status_code == 200, f"{name} {url}: {response.status_code} {response.text}"
-    airflow = httpx.get(HEALTH["airflow"], timeout=15).json()
-    for component in ("metadatabase", "scheduler", "dag_processor", "triggerer"):
-        assert airflow[component]["status"] == "healthy", f"Airflow {component}: {airflow}"
+        try:
+            response = httpx.get(url, timeout=timeout)
+        except httpx.HTTPError as exc:
+            problems.append(f"{name} {url}: {type(exc).__name__}")
+            continue
+        if response.status_code != 200:
+            problems.append(f"{name} {url}: {response.status_code} {response.text}")
+        elif name == "airflow":
+            report = response.json()
+            problems += [
+                f"Airflow {c}: {report}"
+                for c in AIRFLOW_COMPONENTS
+                if report[c]["status"] != "healthy"
+            ]
+    return problems
+
+
+def assert_healthy() -> None:
+    problems = health_problems(timeout=15)
+    assert not problems, problems
     status = ssh("mlops-status", check=False)
     assert status.returncode == 0, f"mlops-status:\n{status.stdout}"
 
@@ -478,19 +499,6 @@ def main_pid(unit: str) -> int:
     return int(ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
 
 
-def all_healthy() -> bool:
-    for url in HEALTH.values():
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=3).status_code == 200:
-                continue
-        return False
-    airflow = httpx.get(HEALTH["airflow"], timeout=3).json()
-    return all(
-        airflow[c]["status"] == "healthy"
-        for c in ("metadatabase", "scheduler", "dag_processor", "triggerer")
-    )
-
-
 def kill_and_time_recovery(unit: str) -> float:
     """SIGKILL the unit's main process; seconds until it runs again under a new PID and every
     health endpoint answers."""
@@ -501,7 +509,7 @@ def kill_and_time_recovery(unit: str) -> float:
     deadline = started + 120
     while time.monotonic() < deadline:
         active = ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
-        if active and main_pid(unit) not in (0, before) and all_healthy():
+        if active and main_pid(unit) not in (0, before) and not health_problems(timeout=3):
             return round(time.monotonic() - started, 1)
         time.sleep(0.5)
     journal = ssh(f"journalctl -u {unit} -n 30 --no-pager", check=False).stdout
