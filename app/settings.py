@@ -57,6 +57,28 @@ def _env_optional_int(name: str) -> int | None:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+# One environment variable per fact, read by every process that needs it (the pipeline, the
+# inference API and the UI); Ansible renders each from one variable in group_vars.
+def _tracking_uri() -> str:
+    return _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+
+def _model_name() -> str:
+    return _env("MLFLOW_REGISTERED_MODEL", "forest-cover")
+
+
+def _model_alias() -> str:
+    return _env("MLFLOW_PRODUCTION_ALIAS", "production")
+
+
+def _batches_dsn() -> str:
+    return _env("BATCHES_DB_DSN", "postgresql://batches@127.0.0.1:5432/batches_db")
+
+
+def _inference_api_url() -> str:
+    return _env("INFERENCE_API_URL", "http://127.0.0.1:8000")
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -102,11 +124,7 @@ class BatchStoreSettings:
     """PostgreSQL batches_db, used by the pipeline (Airflow) and read-only by the UI."""
 
     # libpq URL or key=value string; a password in it never reaches a log line (db.redact_dsn).
-    dsn: str = field(
-        default_factory=lambda: _env(
-            "BATCHES_DB_DSN", "postgresql://batches@127.0.0.1:5432/batches_db"
-        )
-    )
+    dsn: str = field(default_factory=_batches_dsn)
 
 
 @dataclass(frozen=True)
@@ -143,11 +161,9 @@ class InferenceSettings:
     """The inference API (unit inference-api, port 8000; app/inference)."""
 
     # The tracking server, which also proxies artifacts: this process holds no S3 credentials.
-    mlflow_tracking_uri: str = field(
-        default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    )
-    model_name: str = field(default_factory=lambda: _env("INFERENCE_MODEL_NAME", "forest-cover"))
-    model_alias: str = field(default_factory=lambda: _env("INFERENCE_MODEL_ALIAS", "production"))
+    mlflow_tracking_uri: str = field(default_factory=_tracking_uri)
+    model_name: str = field(default_factory=_model_name)
+    model_alias: str = field(default_factory=_model_alias)
     # How often the watcher asks MLflow where the alias points (and retries when nothing loaded).
     poll_interval_seconds: float = field(
         default_factory=lambda: _env_float("INFERENCE_POLL_SECONDS", 30.0, minimum=0.05)
@@ -184,18 +200,12 @@ class MlflowSettings:
     """Where the pipeline logs runs and registers models (app/pipeline)."""
 
     # The tracking server also proxies artifacts: the pipeline holds no S3 credentials.
-    tracking_uri: str = field(
-        default_factory=lambda: _env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    )
+    tracking_uri: str = field(default_factory=_tracking_uri)
     experiment_name: str = field(
         default_factory=lambda: _env("MLFLOW_EXPERIMENT_NAME", "forest_cover")
     )
-    registered_model_name: str = field(
-        default_factory=lambda: _env("MLFLOW_REGISTERED_MODEL", "forest-cover")
-    )
-    production_alias: str = field(
-        default_factory=lambda: _env("MLFLOW_PRODUCTION_ALIAS", "production")
-    )
+    registered_model_name: str = field(default_factory=_model_name)
+    production_alias: str = field(default_factory=_model_alias)
 
 
 @dataclass(frozen=True)
@@ -250,18 +260,14 @@ class UiSettings:
 
     host: str = field(default_factory=lambda: _env("UI_HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: _env_int("UI_PORT", 8503, minimum=1))
-    inference_api_url: str = field(
-        default_factory=lambda: _env("UI_INFERENCE_API_URL", "http://127.0.0.1:8000")
-    )
-    mlflow_tracking_uri: str = field(
-        default_factory=lambda: _env("UI_MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    )
-    model_name: str = field(default_factory=lambda: _env("UI_MODEL_NAME", "forest-cover"))
-    model_alias: str = field(default_factory=lambda: _env("UI_MODEL_ALIAS", "production"))
-    # The role needs SELECT on the batch_statistics and batch_totals views only.
+    inference_api_url: str = field(default_factory=_inference_api_url)
+    mlflow_tracking_uri: str = field(default_factory=_tracking_uri)
+    model_name: str = field(default_factory=_model_name)
+    model_alias: str = field(default_factory=_model_alias)
+    # A read-only role: SELECT on the batch_statistics and batch_totals views only.
     batches_db_dsn: str = field(
         default_factory=lambda: _env(
-            "UI_BATCHES_DB_DSN", "postgresql://batches_reader@127.0.0.1:5432/batches_db"
+            "BATCHES_DB_DSN", "postgresql://batches_reader@127.0.0.1:5432/batches_db"
         )
     )
     # What the browser opens: addresses as the user's machine sees them, not as this process
@@ -295,6 +301,7 @@ class UiSettings:
 class InferenceClientSettings:
     """How the pipeline reaches the inference API to ask for a reload (best effort)."""
 
+    # Unset: no inference API to tell (the API follows the alias by itself anyway).
     base_url: str | None = field(default_factory=lambda: _env("INFERENCE_API_URL", "") or None)
 
 

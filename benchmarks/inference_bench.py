@@ -302,7 +302,7 @@ def serve_ours(tracking_uri: str, workdir: Path) -> Served:
     log = workdir / "inference-api.log"
     env = base_env() | {
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "INFERENCE_MODEL_NAME": MODEL_NAME,
+        "MLFLOW_REGISTERED_MODEL": MODEL_NAME,
         "INFERENCE_API_HOST": "127.0.0.1",
         "INFERENCE_API_PORT": str(port),
     }

@@ -35,7 +35,6 @@ import psycopg2
 import pytest
 import yaml
 
-from app.settings import MlflowSettings
 from ui import examples
 from ui.feature_form import label_of
 
@@ -58,10 +57,11 @@ CHROMIUM_ARGS = [
 # long enough that the 10 batches are not all gone before the second run.
 DATA_API_INTERVAL_SECONDS = 40
 DAG_ID = "forest_cover_mlops_pipeline"
-_MLFLOW = MlflowSettings()
-MODEL_NAME = _MLFLOW.registered_model_name
-ALIAS = _MLFLOW.production_alias
-EXPERIMENT = _MLFLOW.experiment_name
+# The names provisioning gives the experiment, the model and its alias.
+NAMES = yaml.safe_load((REPO_ROOT / "ansible" / "group_vars" / "all" / "names.yml").read_text())
+MODEL_NAME = NAMES["mlops_registered_model"]
+ALIAS = NAMES["mlops_production_alias"]
+EXPERIMENT = NAMES["mlops_experiment_name"]
 
 # Every port as provisioning defines it (the machine's services are on the host's loopback).
 PORTS = yaml.safe_load((REPO_ROOT / "ansible" / "group_vars" / "all" / "ports.yml").read_text())
@@ -322,7 +322,7 @@ def registry_snapshot() -> dict[str, Any]:
 
 def batches_dsn() -> str:
     password = (SECRETS / "postgresql-batches-reader").read_text().strip()
-    return f"postgresql://batches_reader:{password}@127.0.0.1:{PORTS['postgresql_port']}/batches_db"
+    return f"postgresql://batches_reader:{password}@127.0.0.1:{PORTS['postgresql_port']}/{NAMES['mlops_batches_db']}"
 
 
 def batches_snapshot() -> dict[str, Any]:

@@ -457,7 +457,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     from app.settings import InferenceSettings, SettingsError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    monkeypatch.setenv("INFERENCE_MODEL_ALIAS", "champion")
+    monkeypatch.setenv("MLFLOW_PRODUCTION_ALIAS", "champion")
     monkeypatch.setenv("INFERENCE_POLL_SECONDS", "2.5")
     monkeypatch.setenv("INFERENCE_MAX_ROWS", "500")
     monkeypatch.setenv("INFERENCE_BACKEND", "SKLEARN")

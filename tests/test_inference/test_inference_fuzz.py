@@ -37,8 +37,8 @@ def port(
     )
     env = {
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "INFERENCE_MODEL_NAME": versions.name,
-        "INFERENCE_MODEL_ALIAS": "production",
+        "MLFLOW_REGISTERED_MODEL": versions.name,
+        "MLFLOW_PRODUCTION_ALIAS": "production",
         "INFERENCE_POLL_SECONDS": "0.5",
     }
     log: Path = tmp_path_factory.mktemp("inference-fuzz") / "inference-api.log"

@@ -31,8 +31,8 @@ from tests.test_inference.support import (
 def _env(tracking_uri: str, name: str) -> dict[str, str]:
     return {
         "MLFLOW_TRACKING_URI": tracking_uri,
-        "INFERENCE_MODEL_NAME": name,
-        "INFERENCE_MODEL_ALIAS": "production",
+        "MLFLOW_REGISTERED_MODEL": name,
+        "MLFLOW_PRODUCTION_ALIAS": "production",
         "INFERENCE_POLL_SECONDS": "0.3",
     }
 

@@ -45,7 +45,7 @@ StartUser = Callable[..., Awaitable[User]]
 async def ui_user(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[StartUser]:
-    """`await ui_user(UI_INFERENCE_API_URL=...)` -> a simulated user of the app started with
+    """`await ui_user(INFERENCE_API_URL=...)` -> a simulated user of the app started with
     those settings (the rest: backends down). Like NiceGUI's `user` fixture, the test fails if
     the app logged an ERROR (an exception in a page or handler)."""
 
@@ -126,8 +126,8 @@ def served(
     log = tmp_path_factory.mktemp("ui-inference-api") / "inference-api.log"
     env = {
         "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
-        "INFERENCE_MODEL_NAME": name,
-        "INFERENCE_MODEL_ALIAS": ALIAS,
+        "MLFLOW_REGISTERED_MODEL": name,
+        "MLFLOW_PRODUCTION_ALIAS": ALIAS,
         # Only the reload button (or a restart) moves it: the reload test relies on it.
         "INFERENCE_POLL_SECONDS": "3600",
         "INFERENCE_ACCESS_LOG": "true",

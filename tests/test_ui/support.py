@@ -22,11 +22,11 @@ ALIAS = "production"
 SEE_RETRIES = 300
 
 UI_VARIABLES = (
-    "UI_INFERENCE_API_URL",
-    "UI_MLFLOW_TRACKING_URI",
-    "UI_MODEL_NAME",
-    "UI_MODEL_ALIAS",
-    "UI_BATCHES_DB_DSN",
+    "INFERENCE_API_URL",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTERED_MODEL",
+    "MLFLOW_PRODUCTION_ALIAS",
+    "BATCHES_DB_DSN",
     "UI_AIRFLOW_URL",
     "UI_MLFLOW_URL",
     "UI_MINIO_CONSOLE_URL",
@@ -49,11 +49,11 @@ def closed_dsn() -> str:
 
 def all_down_env() -> dict[str, str]:
     return {
-        "UI_INFERENCE_API_URL": closed_url(),
-        "UI_MLFLOW_TRACKING_URI": closed_url(),
-        "UI_BATCHES_DB_DSN": closed_dsn(),
-        "UI_MODEL_NAME": "forest-cover",
-        "UI_MODEL_ALIAS": ALIAS,
+        "INFERENCE_API_URL": closed_url(),
+        "MLFLOW_TRACKING_URI": closed_url(),
+        "BATCHES_DB_DSN": closed_dsn(),
+        "MLFLOW_REGISTERED_MODEL": "forest-cover",
+        "MLFLOW_PRODUCTION_ALIAS": ALIAS,
         "UI_AIRFLOW_URL": "http://airflow.test:8080",
         "UI_MLFLOW_URL": "http://mlflow.test:5000",
         "UI_MINIO_CONSOLE_URL": "http://minio.test:9001",
@@ -90,9 +90,9 @@ class Served:
 
     def env(self) -> dict[str, str]:
         return {
-            "UI_INFERENCE_API_URL": self.api_url,
-            "UI_MLFLOW_TRACKING_URI": self.tracking_uri,
-            "UI_MODEL_NAME": self.name,
+            "INFERENCE_API_URL": self.api_url,
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_REGISTERED_MODEL": self.name,
         }
 
 

@@ -48,7 +48,7 @@ def ui_process(
         "UI_HOST": "127.0.0.1",
         "UI_PORT": str(port),
         **served.env(),
-        "UI_BATCHES_DB_DSN": batches_store.reader_dsn,
+        "BATCHES_DB_DSN": batches_store.reader_dsn,
         "UI_STORAGE_SECRET": os.urandom(16).hex(),
         "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
     }

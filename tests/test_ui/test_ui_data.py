@@ -71,7 +71,7 @@ def expected(store: BatchesStore, group: int) -> dict[int, dict[str, int]]:
 async def test_batch_progress_from_the_real_database(
     ui_user: StartUser, batches_store: BatchesStore
 ) -> None:
-    user = await ui_user(UI_BATCHES_DB_DSN=batches_store.reader_dsn)
+    user = await ui_user(BATCHES_DB_DSN=batches_store.reader_dsn)
     await user.open("/data")
     await user.should_see(marker="totals", retries=SEE_RETRIES)
 
@@ -132,7 +132,7 @@ async def test_a_skipped_batch_number_shows_a_warning(
         (4, 2, rows[700:800]),
     ]:
         ingest_batch(batches_dsn, group, batch, delivered)
-    user = await ui_user(UI_BATCHES_DB_DSN=reader_dsn(postgres, batches_dsn))
+    user = await ui_user(BATCHES_DB_DSN=reader_dsn(postgres, batches_dsn))
     await user.open("/data")
     await user.should_see(marker="batch-gap", retries=SEE_RETRIES)
     warning = texts_in(user, "batch-gap")
@@ -150,7 +150,7 @@ async def test_a_skipped_batch_number_shows_a_warning(
 @pytest.mark.asyncio
 async def test_no_batches_yet(ui_user: StartUser, batches_dsn: str) -> None:
     apply_migrations(batches_dsn)
-    user = await ui_user(UI_BATCHES_DB_DSN=batches_dsn)
+    user = await ui_user(BATCHES_DB_DSN=batches_dsn)
     await user.open("/data")
     await user.should_see(marker="data-info", retries=SEE_RETRIES)
     await user.should_see("No batch has been received yet")
@@ -158,7 +158,7 @@ async def test_no_batches_yet(ui_user: StartUser, batches_dsn: str) -> None:
 
 @pytest.mark.asyncio
 async def test_a_database_without_the_schema_says_so(ui_user: StartUser, batches_dsn: str) -> None:
-    user = await ui_user(UI_BATCHES_DB_DSN=batches_dsn)
+    user = await ui_user(BATCHES_DB_DSN=batches_dsn)
     await user.open("/data")
     await user.should_see(marker="data-notice", retries=SEE_RETRIES)
     await user.should_see("the batch store schema is not set up")

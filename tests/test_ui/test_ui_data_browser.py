@@ -38,9 +38,9 @@ def ui_with_a_gap(batches_dsn: str, postgres: PostgresServer, tmp_path: Path) ->
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "UI_HOST": "127.0.0.1",
         "UI_PORT": str(port),
-        "UI_BATCHES_DB_DSN": reader_dsn(postgres, batches_dsn),
-        "UI_INFERENCE_API_URL": closed_url(),
-        "UI_MLFLOW_TRACKING_URI": closed_url(),
+        "BATCHES_DB_DSN": reader_dsn(postgres, batches_dsn),
+        "INFERENCE_API_URL": closed_url(),
+        "MLFLOW_TRACKING_URI": closed_url(),
         "UI_STORAGE_SECRET": os.urandom(16).hex(),
         "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
     }

@@ -49,7 +49,7 @@ def test_a_random_example_is_never_the_current_one() -> None:
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UI_PORT", "UI_INFERENCE_API_URL", "UI_STORAGE_SECRET", "UI_BATCHES_DB_DSN"):
+    for name in ("UI_PORT", "INFERENCE_API_URL", "UI_STORAGE_SECRET", "BATCHES_DB_DSN"):
         monkeypatch.delenv(name, raising=False)
     defaults = UiSettings()
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8503)

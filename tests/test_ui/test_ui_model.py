@@ -140,7 +140,7 @@ async def test_mlflow_down_leaves_the_served_model_on_the_page(
 ) -> None:
     served = production_on_promoted
     mlflow = closed_url()
-    user = await ui_user(**{**served.env(), "UI_MLFLOW_TRACKING_URI": mlflow})
+    user = await ui_user(**{**served.env(), "MLFLOW_TRACKING_URI": mlflow})
     await user.open("/model")
     await user.should_see(marker="versions-notice", retries=SEE_RETRIES)
     await user.should_see(
@@ -159,7 +159,7 @@ async def test_a_hung_mlflow_does_not_hold_up_the_served_model(
     served = production_on_promoted
     with SilentServer() as mlflow:
         user = await ui_user(
-            **{**served.env(), "UI_MLFLOW_TRACKING_URI": mlflow.url, "UI_HTTP_READ_TIMEOUT": "60"}
+            **{**served.env(), "MLFLOW_TRACKING_URI": mlflow.url, "UI_HTTP_READ_TIMEOUT": "60"}
         )
         await user.open("/model")
         await user.should_see(marker="serving-facts", retries=SEE_RETRIES)
@@ -176,7 +176,7 @@ async def test_inference_api_down_leaves_the_version_history_on_the_page(
     ui_user: StartUser, served: Served
 ) -> None:
     api = closed_url()
-    user = await ui_user(**{**served.env(), "UI_INFERENCE_API_URL": api})
+    user = await ui_user(**{**served.env(), "INFERENCE_API_URL": api})
     await user.open("/model")
     await user.should_see(marker="serving-notice", retries=SEE_RETRIES)
     await user.should_see(
@@ -194,7 +194,7 @@ async def test_inference_api_down_leaves_the_version_history_on_the_page(
 async def test_a_model_not_registered_yet_is_said_plainly(
     ui_user: StartUser, served: Served
 ) -> None:
-    user = await ui_user(**{**served.env(), "UI_MODEL_NAME": f"{served.name}-not-yet"})
+    user = await ui_user(**{**served.env(), "MLFLOW_REGISTERED_MODEL": f"{served.name}-not-yet"})
     await user.open("/model")
     await user.should_see(marker="versions-info", retries=SEE_RETRIES)
     await user.should_see(f"No version of {served.name}-not-yet is registered yet")
@@ -206,7 +206,7 @@ async def test_a_server_that_is_not_mlflow_is_not_taken_for_an_empty_registry(
     ui_user: StartUser, served: Served
 ) -> None:
     # The inference API answers 404 to MLflow's paths: not "no model registered yet".
-    user = await ui_user(**{**served.env(), "UI_MLFLOW_TRACKING_URI": served.api_url})
+    user = await ui_user(**{**served.env(), "MLFLOW_TRACKING_URI": served.api_url})
     await user.open("/model")
     await user.should_see(marker="versions-notice", retries=SEE_RETRIES)
     await user.should_see("Version history unavailable: MLflow answered HTTP 404")
@@ -237,7 +237,7 @@ async def test_an_unreadable_answer_is_a_notice_and_a_logged_traceback(
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        user = await ui_user(UI_MLFLOW_TRACKING_URI=url)
+        user = await ui_user(MLFLOW_TRACKING_URI=url)
         await user.open("/model")
         await user.should_see(marker="versions-notice", retries=SEE_RETRIES)
         await user.should_see(

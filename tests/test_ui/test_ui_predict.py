@@ -140,7 +140,7 @@ async def test_inference_api_down_shows_a_notice_and_the_page_keeps_working(
     ui_user: StartUser,
 ) -> None:
     api = closed_url()
-    user = await ui_user(UI_INFERENCE_API_URL=api)
+    user = await ui_user(INFERENCE_API_URL=api)
     await user.open("/")
     user.find(marker="predict").click()
     await user.should_see(marker="predict-notice", retries=SEE_RETRIES)
@@ -160,7 +160,7 @@ async def test_a_prediction_in_flight_does_not_freeze_the_page(ui_user: StartUse
     """The call runs off the event loop: while the API hangs, the page still reacts; when the
     API drops the connection, the notice says so."""
     with SilentServer() as api:
-        user = await ui_user(UI_INFERENCE_API_URL=api.url, UI_HTTP_READ_TIMEOUT="30")
+        user = await ui_user(INFERENCE_API_URL=api.url, UI_HTTP_READ_TIMEOUT="30")
         await user.open("/")
         before = form_values(user)
         user.find(marker="predict").click()
@@ -179,7 +179,7 @@ async def test_a_prediction_in_flight_does_not_freeze_the_page(ui_user: StartUse
 @pytest.mark.asyncio
 async def test_a_hung_api_costs_the_read_timeout_and_a_notice(ui_user: StartUser) -> None:
     with SilentServer() as api:
-        user = await ui_user(UI_INFERENCE_API_URL=api.url, UI_HTTP_READ_TIMEOUT="1")
+        user = await ui_user(INFERENCE_API_URL=api.url, UI_HTTP_READ_TIMEOUT="1")
         await user.open("/")
         user.find(marker="predict").click()
         await user.should_see(marker="predict-notice", retries=SEE_RETRIES)
@@ -194,11 +194,11 @@ async def test_an_api_without_a_model_says_so(
 
     env = {
         "MLFLOW_TRACKING_URI": served.tracking_uri,
-        "INFERENCE_MODEL_NAME": f"{served.name}-never-registered",
+        "MLFLOW_REGISTERED_MODEL": f"{served.name}-never-registered",
         "INFERENCE_POLL_SECONDS": "3600",
     }
     with api_process(env, tmp_path / "api.log") as url:
-        user = await ui_user(UI_INFERENCE_API_URL=url)
+        user = await ui_user(INFERENCE_API_URL=url)
         await user.open("/")
         user.find(marker="predict").click()
         await user.should_see(marker="predict-notice", retries=SEE_RETRIES)
