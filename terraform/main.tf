@@ -102,6 +102,12 @@ resource "local_file" "inventory" {
     address              = local.address
     admin_user           = var.admin_user
     ssh_private_key_file = pathexpand(var.ssh_private_key_file)
+    # Slower waits for an emulated VM (domain_type = "qemu"): see that file. (A filtered
+    # for, not a conditional: the two sides of one would be objects of different types.)
+    emulation_vars = {
+      for name, value in yamldecode(file("${local.ansible_dir}/inventories/emulated-vm.yml")) :
+      name => value if var.domain_type == "qemu"
+    }
   })
 }
 

@@ -31,6 +31,7 @@ import yaml
 from tests.conftest import REPO_ROOT
 
 TERRAFORM_DIR = REPO_ROOT / "terraform"
+EMULATED_VM_VARS = REPO_ROOT / "ansible" / "inventories" / "emulated-vm.yml"
 VAGRANTFILE = REPO_ROOT / "Vagrantfile"
 SITE_YML = REPO_ROOT / "ansible" / "site.yml"
 
@@ -128,6 +129,8 @@ SAMPLE_VALUES = {
     "ssh_private_key_file": "/home/user/.ssh/id ed25519",
     "packages": ["python3", "qemu-guest-agent"],
     "package_update": True,
+    # What main.tf passes for domain_type = "qemu" (an empty object otherwise).
+    "emulation_vars": {"mlflow_health_wait_seconds": 1200},
 }
 
 
@@ -342,6 +345,7 @@ def test_inventory_renders_with_every_service_group(tmp_path: Path) -> None:
     assert hostvars["ansible_host"] == SAMPLE_ADDRESS
     assert hostvars["ansible_user"] == "mlops"
     assert hostvars["ansible_ssh_private_key_file"] == SAMPLE_VALUES["ssh_private_key_file"]
+    assert hostvars["mlflow_health_wait_seconds"] == 1200
 
 
 def test_cloud_init_creates_the_admin_user_with_the_key() -> None:
@@ -462,6 +466,9 @@ def terraform_module(
         if item.name in {".terraform", ".terraform.lock.hcl", "terraform.tfstate", "inventory.yml"}:
             continue
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, work / item.name)
+    # main.tf reads ../ansible/inventories/emulated-vm.yml (the emulated VM's waits).
+    (work.parent / "ansible" / "inventories").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(EMULATED_VM_VARS, work.parent / "ansible" / "inventories")
     env = {
         **os.environ,
         "TF_CLI_CONFIG_FILE": str(terraform_cli_config),

@@ -236,6 +236,12 @@ def test_terraform_creates_provisions_and_destroys_a_vm(
             ".terraform*", "*.tfstate*", "inventory.yml", "terraform.tfvars"
         ),
     )
+    # main.tf reads ../ansible/inventories/emulated-vm.yml (the emulated VM's waits).
+    (tmp_path / "ansible" / "inventories").mkdir(parents=True)
+    shutil.copy2(
+        REPO_ROOT / "ansible" / "inventories" / "emulated-vm.yml",
+        tmp_path / "ansible" / "inventories",
+    )
     env = {
         **os.environ,
         "TF_CLI_CONFIG_FILE": cli.stdout.split()[-1],
