@@ -52,6 +52,30 @@ EXPECTED_DIFFERENCES = {
 NO_MDWE = {"mlflow.service"} | {
     f"airflow-{c}.service" for c in ("api-server", "scheduler", "dag-processor", "triggerer")
 }
+# Drop-ins the database roles put on the distributions' own units, each with the shared
+# hardening and what differs from it (the templates say why).
+DROPINS = {
+    "postgresql@.service": "postgresql-hardening.conf.j2",
+    "mariadb.service": "mysql-hardening.conf.j2",
+}
+DROPIN_DIFFERENCES = {
+    "postgresql@.service": {
+        "User": "postgres",
+        "Group": "postgres",
+        "ReadWritePaths": "/var/lib/postgresql /var/log/postgresql /run/postgresql",
+    },
+    "mariadb.service": {
+        "UMask": "007",
+        "ReadWritePaths": "/var/lib/mysql /run/mysqld -/var/log/mysql",
+    },
+}
+# PostgreSQL's LLVM JIT fails under MemoryDenyWriteExecute.
+DROPIN_NO_MDWE = {"postgresql@.service"}
+DISTRO_UNITS = Path("/usr/lib/systemd/system")
+
+
+def dropin_name(unit: str) -> str:
+    return f"{unit}.d-60-mlops-hardening.conf"
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
@@ -130,6 +154,15 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     "loop_control": {"loop_var": "airflow_component"},
                 },
                 {
+                    "name": "Drop-ins for the distributions' database units",
+                    "ansible.builtin.template": {
+                        "src": str(SYSTEMD_DIR) + "/{{ item.value }}",
+                        "dest": str(out) + "/{{ item.key }}.d-60-mlops-hardening.conf",
+                        "mode": "0644",
+                    },
+                    "loop": "{{ dropins | dict2items }}",
+                },
+                {
                     "name": "What the roles declare, as role common records it",
                     "ansible.builtin.set_fact": {
                         "common_services": "{{ dict(service_roles | zip(service_roles"
@@ -177,6 +210,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         }
     ]
     playbook[0]["vars"]["units"] = units
+    playbook[0]["vars"]["dropins"] = DROPINS
     (work / "render.yml").write_text(yaml.safe_dump(playbook, sort_keys=False))
     env = dict(
         os.environ,
@@ -315,5 +349,69 @@ def test_systemd_analyze_verify(rendered: dict[str, str], tmp_path: Path) -> Non
         timeout=120,
     )
     # Wants= on the distro's database units, absent here, is not an error for verify.
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and not output, textwrap.indent(output, "  ")
+
+
+def effective(section: dict[str, list[str]]) -> dict[str, str]:
+    """The value systemd uses for each single-valued setting: the last assignment."""
+    return {k: v[-1] for k, v in section.items()}
+
+
+def test_database_dropins_share_the_hardening(rendered: dict[str, str]) -> None:
+    template = (SYSTEMD_DIR / "hardening.conf.j2").read_text()
+    hardening = parse_unit("[Service]\n" + re.sub(r"\{#.*?#\}|\{%.*?%\}", "", template, flags=re.S))
+    # The platform's own units all carry the shared block (the test above): one is the baseline.
+    baseline = parse_unit(rendered["data-api.service"])["Service"]
+    keys = set(hardening["Service"]) - {"ReadWritePaths", "MemoryDenyWriteExecute"}
+    for unit in DROPINS:
+        text = rendered[dropin_name(unit)]
+        assert "{{" not in text and "{%" not in text, unit
+        dropin = parse_unit(text)
+        assert set(dropin) == {"Service"}, unit
+        service = dropin["Service"]
+        differences = DROPIN_DIFFERENCES[unit]
+        for key in keys:
+            if key in differences:
+                continue
+            # Filters add up: the whole list, in order, as in the platform's units.
+            assert service[key] == baseline[key], (unit, key)
+        got = effective(service)
+        for key, value in differences.items():
+            assert got[key] == value, (unit, key)
+        assert set(service) - keys - {"ReadWritePaths", "MemoryDenyWriteExecute"} == (
+            set(differences) - keys - {"ReadWritePaths"}
+        ), unit
+        assert ("MemoryDenyWriteExecute" in service) == (unit not in DROPIN_NO_MDWE), unit
+        assert got["ProtectSystem"] == "strict" and got["CapabilityBoundingSet"] == "", unit
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+@pytest.mark.skipif(
+    not all((DISTRO_UNITS / u).exists() for u in DROPINS),
+    reason="the distributions' PostgreSQL and MariaDB units are not installed on this host",
+)
+def test_systemd_analyze_verify_database_dropins(rendered: dict[str, str], tmp_path: Path) -> None:
+    # The host's own postgresql@.service and mariadb.service with the drop-ins beside them,
+    # as on the machine; verify reports any key or value in a drop-in that systemd rejects.
+    root = tmp_path / "root"
+    shutil.copytree(DISTRO_UNITS, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
+    for unit in DROPINS:
+        folder = root / "etc" / "systemd" / "system" / f"{unit}.d"
+        folder.mkdir(parents=True)
+        (folder / "60-mlops-hardening.conf").write_text(rendered[dropin_name(unit)])
+        text = (DISTRO_UNITS / unit).read_text()
+        for exe in re.findall(r"^Exec\w+=[-@:+!]*(/\S+)", text, re.M):
+            stub = root / exe.lstrip("/")
+            stub.parent.mkdir(parents=True, exist_ok=True)
+            stub.write_text("#!/bin/sh\n")
+            stub.chmod(0o755)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", f"--root={root}", "--man=no", "postgresql@17-main.service"]
+        + ["mariadb.service"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = (result.stdout + result.stderr).strip()
     assert result.returncode == 0 and not output, textwrap.indent(output, "  ")
