@@ -82,7 +82,7 @@ class DataApiProtocolError(DataApiError):
 class NewBatch:
     group_number: int
     batch_number: int
-    rows: list[Any]  # as received; app.batch_store.ingest validates each row
+    rows: list[Any]  # as received; app.batch_store.store validates each row
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,8 @@ class Timeouts:
     total: float = 120.0
 
     @classmethod
-    def of(cls, value: Timeouts | float | None, settings: DataClientSettings | None) -> Timeouts:
-        if isinstance(value, Timeouts):
-            return value
-        if value is not None:
-            seconds = float(value)
-            return cls(connect=seconds, read=seconds, total=seconds)
-        if settings is not None:
-            return cls(settings.connect_timeout, settings.read_timeout, settings.total_timeout)
-        return cls()
+    def from_settings(cls, settings: DataClientSettings) -> Timeouts:
+        return cls(settings.connect_timeout, settings.read_timeout, settings.total_timeout)
 
 
 def safe_url(url: str) -> str:
@@ -175,10 +168,6 @@ class DataApiClient:
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts or Timeouts()
         self.session = session or requests.Session()
-
-    @classmethod
-    def from_settings(cls, settings: DataClientSettings) -> DataApiClient:
-        return cls(settings.base_url, Timeouts.of(None, settings))
 
     def close(self) -> None:
         self.session.close()
@@ -303,40 +292,3 @@ def _parse_batch(body: bytes, group_number: int, shown: str, status: int) -> New
     if rows and not any(isinstance(r, list) and len(r) == len(COLUMNS) for r in rows):
         raise bad(f"no row is a list of {len(COLUMNS)} values (first row: {rows[0]!r:.80})")
     return NewBatch(group_number=got_group, batch_number=batch, rows=rows)
-
-
-def _client_for(
-    target: DataClientSettings | str, timeout: Timeouts | float | None
-) -> DataApiClient:
-    if isinstance(target, DataClientSettings):
-        return DataApiClient(target.base_url, Timeouts.of(timeout, target))
-    return DataApiClient(target, Timeouts.of(timeout, None))
-
-
-def _group_for(target: DataClientSettings | str, group_number: int | None) -> int:
-    if group_number is not None:
-        return group_number
-    if isinstance(target, DataClientSettings):
-        return target.group_number
-    raise ValueError("group_number is required when a base URL is given")
-
-
-def fetch_batch(
-    target: DataClientSettings | str,
-    group_number: int | None = None,
-    timeout: Timeouts | float | None = None,
-) -> FetchResult:
-    """One GET /data?group_number=G. `target` is the settings or a base URL; the group defaults
-    to the settings' one; `timeout` (seconds, or Timeouts) overrides the settings'."""
-    with _client_for(target, timeout) as client:
-        return client.fetch_batch(_group_for(target, group_number))
-
-
-def restart(
-    target: DataClientSettings | str,
-    group_number: int | None = None,
-    timeout: Timeouts | float | None = None,
-) -> Any:
-    """GET /restart_data_generation?group_number=G."""
-    with _client_for(target, timeout) as client:
-        return client.restart(_group_for(target, group_number))

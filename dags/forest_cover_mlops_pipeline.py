@@ -1,9 +1,11 @@
 """forest_cover_mlops_pipeline: fetch a Covertype batch every 5 minutes, store it, retrain,
 register and promote the champion, and tell the inference API to reload.
 
-The DAG is deliberately thin: every step is a function in app.pipeline.steps, so it can be
-tested and run without Airflow. Configuration comes from Airflow connections (or their
-AIRFLOW_CONN_* environment variables) and environment variables; nothing is hard-coded here.
+The DAG is deliberately thin: every task is the function of the same name in
+app.pipeline.steps, so it can be tested and run without Airflow. Configuration comes from
+environment variables (app/settings.py; /etc/mlops/airflow.env on the VM); nothing is
+hard-coded here. Tasks pass counts and ids between them, never rows: fetch_batch saves the
+delivered batch in batches_db and store_batch reads it back by its id.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ SERVICE_RETRIES: dict[str, Any] = {
 def _config():  # noqa: ANN202 - imported lazily so parsing the DAG file stays fast
     from app.pipeline.steps import PipelineConfig
 
-    return PipelineConfig.from_airflow()
+    return PipelineConfig.from_settings()
 
 
 def _run_id() -> str:
@@ -56,7 +58,7 @@ def forest_cover_mlops_pipeline() -> None:
         return step(_config())
 
     @task(execution_timeout=timedelta(minutes=3))
-    def validate_and_store(fetched: dict[str, Any]) -> dict[str, Any]:
+    def store_batch(fetched: dict[str, Any]) -> dict[str, Any]:
         from app.pipeline.steps import store_batch as step
 
         return step(_config(), fetched)
@@ -88,7 +90,7 @@ def forest_cover_mlops_pipeline() -> None:
 
         return step(_config(), promotion)
 
-    report = validate_and_store(fetch_batch())
+    report = store_batch(fetch_batch())
     gate = has_new_rows(report)
     trained = train_and_evaluate(report)
     gate >> trained

@@ -79,13 +79,13 @@ def pipeline_env(
     mlflow_server: MlflowServer,
     request: pytest.FixtureRequest,
 ) -> dict[str, str]:
-    """Connections and settings the DAG reads, with a model name of this test's own."""
+    """Settings the DAG reads, with a model name of this test's own."""
     from tests.conftest import SMALL_CANDIDATE_PARAMS
 
     slug = "".join(c if c.isalnum() else "-" for c in request.node.name)[:50].strip("-").lower()
     return {
         **airflow_home,
-        "AIRFLOW_CONN_BATCHES_DB": batches_dsn,
+        "BATCHES_DB_DSN": batches_dsn,
         "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri,
         "MLFLOW_EXPERIMENT_NAME": f"dag-{slug}",
         "MLFLOW_REGISTERED_MODEL": f"dag-{slug}",

@@ -1,7 +1,7 @@
 """Run the pipeline DAG once with dag.test() and print each task's final state as JSON.
 
 Started by tests/test_dag.py in a subprocess, so that Airflow reads its configuration (the
-test PostgreSQL metadata database, connections as AIRFLOW_CONN_* variables) from a clean
+test PostgreSQL metadata database, the pipeline's settings as environment variables) from a clean
 environment, the way the scheduler's processes do.
 """
 

@@ -15,10 +15,10 @@ from app.batch_store import (
     apply_migrations,
     batch_numbers,
     data_fingerprint,
-    ingest_batch,
     load_rows,
     missing_batches,
     seen_batches,
+    store_batch,
 )
 from app.batch_store.validation import is_holdout, row_hash
 from app.covertype import CATEGORICAL_COLUMNS, COLUMNS, NUMERIC_COLUMNS
@@ -65,7 +65,7 @@ def store(batches_dsn: str) -> str:
 def test_train_and_holdout_frames(store: str) -> None:
     batches = {1: batch(1), 2: batch(2)}
     for number, rows in batches.items():
-        ingest_batch(store, 1, number, rows, fetched_at=T0)
+        store_batch(store, 1, number, rows, fetched_at=T0)
     train = load_rows(store, "train")
     holdout = load_rows(store, "holdout", group_number=1)
 
@@ -83,10 +83,10 @@ def test_train_and_holdout_frames(store: str) -> None:
 
 
 def test_held_out_set_only_grows(store: str) -> None:
-    ingest_batch(store, 1, 1, batch(1), fetched_at=T0)
+    store_batch(store, 1, 1, batch(1), fetched_at=T0)
     first = load_rows(store, "holdout", 1)
-    ingest_batch(store, 1, 2, batch(2), fetched_at=T0)
-    ingest_batch(store, 1, 3, batch(1)[:100] + batch(3, 200), fetched_at=T0)
+    store_batch(store, 1, 2, batch(2), fetched_at=T0)
+    store_batch(store, 1, 3, batch(1)[:100] + batch(3, 200), fetched_at=T0)
     later = load_rows(store, "holdout", 1)
     pd.testing.assert_frame_equal(later.iloc[: len(first)], first)
     assert len(later) > len(first)
@@ -96,8 +96,8 @@ def test_group_filter_and_empty_store(store: str) -> None:
     empty = load_rows(store, "train")
     assert list(empty.columns) == [*COLUMNS, "batch_number"]
     assert empty.empty
-    ingest_batch(store, 1, 1, batch(1, 300), fetched_at=T0)
-    ingest_batch(store, 2, 5, batch(2, 200), fetched_at=T0)
+    store_batch(store, 1, 1, batch(1, 300), fetched_at=T0)
+    store_batch(store, 2, 5, batch(2, 200), fetched_at=T0)
     assert set(load_rows(store, "train", 2)["batch_number"]) == {5}
     both = len(load_rows(store, "train")) + len(load_rows(store, "holdout"))
     assert both == 500
@@ -114,8 +114,8 @@ def test_bad_arguments(store: str) -> None:
 def test_fingerprint_depends_on_the_rows_only(store: str, postgres: PostgresServer) -> None:
     empty = data_fingerprint(store)
     rows = batch(1, 1000)
-    ingest_batch(store, 1, 1, rows[:600], fetched_at=T0)
-    ingest_batch(store, 1, 2, rows[600:], fetched_at=T0)
+    store_batch(store, 1, 1, rows[:600], fetched_at=T0)
+    store_batch(store, 1, 2, rows[600:], fetched_at=T0)
     full = data_fingerprint(store, 1)
     assert full != empty
     assert len(full) == 64 and int(full, 16) >= 0
@@ -123,25 +123,25 @@ def test_fingerprint_depends_on_the_rows_only(store: str, postgres: PostgresServ
     # The same rows in another database, in another order and batching: same fingerprint.
     other = postgres.create_database("batches_fingerprint_other")
     apply_migrations(other)
-    ingest_batch(other, 1, 1, list(reversed(rows)), fetched_at=T0)
+    store_batch(other, 1, 1, list(reversed(rows)), fetched_at=T0)
     assert data_fingerprint(other, 1) == full
     # Duplicates change nothing, one more row changes it.
-    ingest_batch(other, 1, 2, rows[:10], fetched_at=T0)
+    store_batch(other, 1, 2, rows[:10], fetched_at=T0)
     assert data_fingerprint(other, 1) == full
-    ingest_batch(other, 1, 3, batch(2, 1), fetched_at=T0)
+    store_batch(other, 1, 3, batch(2, 1), fetched_at=T0)
     assert data_fingerprint(other, 1) != full
     # Per group.
     assert data_fingerprint(store, 2) == empty
-    ingest_batch(store, 2, 1, rows, fetched_at=T0)
+    store_batch(store, 2, 1, rows, fetched_at=T0)
     assert data_fingerprint(store, 2) == full
 
 
 def test_batch_numbers(store: str) -> None:
     assert batch_numbers(store, 1) == []
-    ingest_batch(store, 1, 2, batch(2, 50), fetched_at=T0)
-    ingest_batch(store, 1, 1, batch(1, 50), fetched_at=T0)
-    ingest_batch(store, 1, 3, batch(1, 50), fetched_at=T0)  # all duplicates: nothing stored
-    ingest_batch(store, 2, 9, batch(1, 5), fetched_at=T0)
+    store_batch(store, 1, 2, batch(2, 50), fetched_at=T0)
+    store_batch(store, 1, 1, batch(1, 50), fetched_at=T0)
+    store_batch(store, 1, 3, batch(1, 50), fetched_at=T0)  # all duplicates: nothing stored
+    store_batch(store, 2, 9, batch(1, 5), fetched_at=T0)
     assert batch_numbers(store, 1) == [1, 2]
     assert batch_numbers(store, 2) == [9]
 
@@ -166,18 +166,18 @@ def test_missing_batches(seen: list[int], missing: list[int]) -> None:
 
 def test_seen_batches_counts_every_delivery(store: str) -> None:
     assert seen_batches(store, 1) == []
-    ingest_batch(store, 1, 1, batch(1, 50), fetched_at=T0)
-    ingest_batch(store, 1, 2, batch(1, 50), fetched_at=T0)  # nothing new, but it was seen
-    ingest_batch(store, 1, 6, batch(2, 50), fetched_at=T0)
-    ingest_batch(store, 1, 6, batch(2, 60), fetched_at=T0)
-    ingest_batch(store, 2, 4, [["not", "a", "row"]], fetched_at=T0)  # every row rejected
+    store_batch(store, 1, 1, batch(1, 50), fetched_at=T0)
+    store_batch(store, 1, 2, batch(1, 50), fetched_at=T0)  # nothing new, but it was seen
+    store_batch(store, 1, 6, batch(2, 50), fetched_at=T0)
+    store_batch(store, 1, 6, batch(2, 60), fetched_at=T0)
+    store_batch(store, 2, 4, [["not", "a", "row"]], fetched_at=T0)  # every row rejected
     assert seen_batches(store, 1) == [1, 2, 6]
     assert missing_batches(seen_batches(store, 1)) == [3, 4, 5]
     assert seen_batches(store, 2) == [4]
 
 
 def test_readers_accept_an_open_connection(store: str) -> None:
-    ingest_batch(store, 1, 1, batch(1, 100), fetched_at=T0)
+    store_batch(store, 1, 1, batch(1, 100), fetched_at=T0)
     conn = psycopg2.connect(store)
     try:
         total = len(load_rows(conn, "train")) + len(load_rows(conn, "holdout"))

@@ -33,6 +33,10 @@ GOOD = ["2596", "51", "3", "258", "0", "510", "221", "232", "148", "6279", "Rawa
 SQL_COLUMNS = [c.lower() for c in COLUMNS]
 
 
+# The versions of the files shipped in app/batch_store/schema/.
+SHIPPED = [m.version for m in discover()]
+
+
 def query(dsn: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
     conn = psycopg2.connect(dsn)
     try:
@@ -75,10 +79,10 @@ def test_files_are_numbered_and_each_records_itself() -> None:
 
 def test_apply_then_reapply_changes_nothing(batches_dsn: str) -> None:
     assert applied_versions(batches_dsn) == []
-    assert [m.version for m in pending(batches_dsn)] == [1]
-    assert apply_migrations(batches_dsn) == [1]
+    assert [m.version for m in pending(batches_dsn)] == SHIPPED
+    assert apply_migrations(batches_dsn) == SHIPPED
     rows = query(batches_dsn, "SELECT version, name, applied_at FROM schema_migrations")
-    assert [(v, n) for v, n, _ in rows] == [(1, "initial")]
+    assert [(v, n) for v, n, _ in rows] == [(m.version, m.name) for m in discover()]
     before = catalog(batches_dsn)
     tables = {r[1].split(".")[0] for r in before if r[0] == "column"}
     assert {"covertype_rows", "batch_status", "rejected_rows", "schema_migrations"} <= tables
@@ -100,7 +104,7 @@ def test_plain_sql_files_are_idempotent_when_applied_directly(batches_dsn: str) 
                     cur.execute(m.sql())
     finally:
         conn.close()
-    assert applied_versions(batches_dsn) == [1]
+    assert applied_versions(batches_dsn) == SHIPPED
     assert apply_migrations(batches_dsn) == []
 
 
@@ -123,8 +127,8 @@ def test_concurrent_callers_apply_each_file_once(batches_dsn: str) -> None:
     for t in threads:
         t.join(60)
     assert errors == []
-    assert sorted(v for r in results for v in r) == [1]
-    assert applied_versions(batches_dsn) == [1]
+    assert sorted(v for r in results for v in r) == SHIPPED
+    assert applied_versions(batches_dsn) == SHIPPED
 
 
 def test_only_pending_files_are_applied(batches_dsn: str, tmp_path: Path) -> None:
@@ -186,12 +190,12 @@ def run_cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
 def test_cli_migrate_reports_what_changed(batches_dsn: str) -> None:
     first = run_cli("migrate", dsn=batches_dsn)
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout) == {"applied": [1], "current": 1}
+    assert json.loads(first.stdout) == {"applied": SHIPPED, "current": SHIPPED[-1]}
     second = run_cli("migrate", dsn=batches_dsn)
     assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout) == {"applied": [], "current": 1}
+    assert json.loads(second.stdout) == {"applied": [], "current": SHIPPED[-1]}
     status = run_cli("status", dsn=batches_dsn)
-    assert json.loads(status.stdout) == {"applied": [1], "pending": []}
+    assert json.loads(status.stdout) == {"applied": SHIPPED, "pending": []}
 
 
 def test_cli_failure_is_clear_and_hides_the_password() -> None:

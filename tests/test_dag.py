@@ -38,6 +38,21 @@ def _alias_version(tracking_uri: str, name: str) -> str | None:
         return None
 
 
+def _xcom(env: dict[str, str], task_id: str) -> dict[str, object]:
+    """The task's return value as Airflow stored it in its metadata database."""
+    dsn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
+        "postgresql+psycopg2://", "postgresql://"
+    )
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT value FROM xcom WHERE dag_id = %s AND task_id = %s AND key = 'return_value'"
+            " ORDER BY timestamp DESC LIMIT 1",
+            (DAG_ID, task_id),
+        )
+        (value,) = cur.fetchone()
+    return value if isinstance(value, dict) else json.loads(value)
+
+
 # --- integrity ------------------------------------------------------------------------------
 
 
@@ -73,7 +88,7 @@ print("INFO " + json.dumps({{
     assert info["tasks"] == sorted(
         [
             "fetch_batch",
-            "validate_and_store",
+            "store_batch",
             "has_new_rows",
             "train_and_evaluate",
             "register_and_promote",
@@ -84,9 +99,9 @@ print("INFO " + json.dumps({{
     assert info["catchup"] is False
     assert info["max_active_runs"] == 1
     up = info["upstream"]
-    assert up["validate_and_store"] == ["fetch_batch"]
-    assert up["has_new_rows"] == ["validate_and_store"]
-    assert set(up["train_and_evaluate"]) == {"has_new_rows", "validate_and_store"}
+    assert up["store_batch"] == ["fetch_batch"]
+    assert up["has_new_rows"] == ["store_batch"]
+    assert set(up["train_and_evaluate"]) == {"has_new_rows", "store_batch"}
     assert up["register_and_promote"] == ["train_and_evaluate"]
     assert up["reload_inference_api"] == ["register_and_promote"]
     assert all(seconds > 0 for seconds in info["timeouts"].values())
@@ -121,7 +136,7 @@ def test_full_run_stores_trains_registers_and_promotes(
     pipeline_env: dict[str, str], mlflow_server: MlflowServer, s3, tmp_path: Path
 ) -> None:
     with data_api_process(tmp_path, "data-api", DATA_API_SEED="7") as api:
-        env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": api.base_url + "?group_number=3"}
+        env = {**pipeline_env, "DATA_API_URL": api.base_url, "DATA_API_GROUP": "3"}
         outcome = run_dag(env)
     assert outcome["state"] == "success", outcome["log"][-6000:]
     tasks = outcome["tasks"]
@@ -130,9 +145,14 @@ def test_full_run_stores_trains_registers_and_promotes(
     # No inference API configured: the reload step reports that and succeeds.
     assert tasks["reload_inference_api"] == "success"
 
-    dsn = env["AIRFLOW_CONN_BATCHES_DB"]
+    dsn = env["BATCHES_DB_DSN"]
     assert _count(dsn, "SELECT count(*) FROM covertype_rows WHERE group_number = 3") == 50
     assert _count(dsn, "SELECT count(*) FROM batch_status WHERE group_number = 3") == 1
+    # The rows went from fetch_batch to store_batch through batches_db, not through XCom.
+    assert _count(dsn, "SELECT count(*) FROM batch_deliveries") == 0
+    fetched = _xcom(env, "fetch_batch")
+    assert fetched["status"] == "new" and fetched["rows"] == 50, fetched
+    assert isinstance(fetched["delivery_id"], int)
 
     client = MlflowClient(mlflow_server.tracking_uri)
     name = env["MLFLOW_REGISTERED_MODEL"]
@@ -157,7 +177,7 @@ def test_all_batches_served_skips_training(
     scripted_api.replies = [
         Reply(400, {"detail": "Ya se recolectó toda la información minima necesaria"})
     ]
-    env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": scripted_api.url}
+    env = {**pipeline_env, "DATA_API_URL": scripted_api.url}
     outcome = run_dag(env)
     tasks = outcome["tasks"]
     assert tasks["fetch_batch"] == "success", outcome["log"][-4000:]
@@ -172,14 +192,14 @@ def test_data_api_down_retries_then_fails_and_stores_nothing(
     pipeline_env: dict[str, str], scripted_api: ScriptedServer
 ) -> None:
     scripted_api.replies = [Reply(503, {"detail": "down"}), Reply(503, {"detail": "down"})]
-    env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": scripted_api.url}
+    env = {**pipeline_env, "DATA_API_URL": scripted_api.url}
     outcome = run_dag(env)
     assert outcome["state"] == "failed"
     assert outcome["tasks"]["fetch_batch"] == "failed"
     assert outcome["tries"]["fetch_batch"] == 2, "one retry before failing"
     assert len(scripted_api.requests) == 2
     assert "503" in outcome["log"]
-    dsn = env["AIRFLOW_CONN_BATCHES_DB"]
+    dsn = env["BATCHES_DB_DSN"]
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT to_regclass('covertype_rows')")
         table = cur.fetchone()[0]
@@ -202,10 +222,10 @@ def test_malformed_rows_are_kept_aside_and_the_rest_trained_on(
         return reply
 
     scripted_api.handler = handler
-    env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": scripted_api.url + "?group_number=2"}
+    env = {**pipeline_env, "DATA_API_URL": scripted_api.url, "DATA_API_GROUP": "2"}
     outcome = run_dag(env)
     assert outcome["state"] == "success", outcome["log"][-6000:]
-    dsn = env["AIRFLOW_CONN_BATCHES_DB"]
+    dsn = env["BATCHES_DB_DSN"]
     assert _count(dsn, "SELECT count(*) FROM rejected_rows WHERE group_number = 2") == 2
     stored = _count(dsn, "SELECT count(*) FROM covertype_rows WHERE group_number = 2")
     assert 290 <= stored <= 300  # the sample may hold a few exact duplicates
@@ -225,7 +245,7 @@ def test_mlflow_down_fails_the_run_and_leaves_the_alias(
         Reply(body={"group_number": 4, "batch_number": 1, "data": sample_rows(0, 400)}),
         Reply(body={"group_number": 4, "batch_number": 2, "data": sample_rows(400, 800)}),
     ]
-    env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": scripted_api.url + "?group_number=4"}
+    env = {**pipeline_env, "DATA_API_URL": scripted_api.url, "DATA_API_GROUP": "4"}
     first = run_dag(env)
     assert first["state"] == "success", first["log"][-6000:]
     name = env["MLFLOW_REGISTERED_MODEL"]
@@ -234,7 +254,7 @@ def test_mlflow_down_fails_the_run_and_leaves_the_alias(
     with mlflow_server.outage():
         second = run_dag(env)
     assert second["state"] == "failed"
-    assert second["tasks"]["validate_and_store"] == "success"
+    assert second["tasks"]["store_batch"] == "success"
     assert second["tasks"]["train_and_evaluate"] == "failed"
     assert "MLflow" in second["log"]
     assert _alias_version(mlflow_server.tracking_uri, name) == before

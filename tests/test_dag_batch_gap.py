@@ -13,8 +13,15 @@ import re
 
 import pytest
 
-from app.batch_store import apply_migrations, ingest_batch, missing_batches, seen_batches
-from app.pipeline.steps import PipelineConfig, store_batch
+from app.batch_store import (
+    DeliveryNotFoundError,
+    apply_migrations,
+    missing_batches,
+    save_delivery,
+    seen_batches,
+    store_batch,
+)
+from app.pipeline import steps
 from tests.dag_harness import run_dag, sample_rows
 from tests.test_data_client import Reply, ScriptedServer
 
@@ -26,17 +33,17 @@ def test_a_skipped_batch_number_warns_in_the_run_and_progress_does_not(
     pipeline_env: dict[str, str],
     scripted_api: ScriptedServer,
 ) -> None:
-    dsn = pipeline_env["AIRFLOW_CONN_BATCHES_DB"]
+    dsn = pipeline_env["BATCHES_DB_DSN"]
     # Batches 1 and 2 came in earlier runs.
     apply_migrations(dsn)
-    ingest_batch(dsn, GROUP, 1, sample_rows(0, 300))
-    ingest_batch(dsn, GROUP, 2, sample_rows(300, 600))
+    store_batch(dsn, GROUP, 1, sample_rows(0, 300))
+    store_batch(dsn, GROUP, 2, sample_rows(300, 600))
     scripted_api.replies = [
         Reply(body={"group_number": GROUP, "batch_number": 3, "data": sample_rows(600, 900)}),
         # The pipeline was away; the server did not wait for it.
         Reply(body={"group_number": GROUP, "batch_number": 7, "data": sample_rows(900, 1200)}),
     ]
-    env = {**pipeline_env, "AIRFLOW_CONN_DATA_API": f"{scripted_api.url}?group_number={GROUP}"}
+    env = {**pipeline_env, "DATA_API_URL": scripted_api.url, "DATA_API_GROUP": str(GROUP)}
 
     progress = run_dag(env)
     assert progress["state"] == "success", progress["log"][-6000:]
@@ -60,7 +67,8 @@ def test_a_skipped_batch_number_warns_in_the_run_and_progress_does_not(
 def test_the_store_step_reports_the_gap_and_warns_only_then(
     batches_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = PipelineConfig(
+    apply_migrations(batches_dsn)
+    config = steps.PipelineConfig(
         batches_dsn=batches_dsn,
         data_api_url="http://127.0.0.1:9",
         group_number=GROUP,
@@ -70,14 +78,16 @@ def test_the_store_step_reports_the_gap_and_warns_only_then(
 
     def store(batch: int, start: int) -> tuple[dict[str, object], list[str]]:
         caplog.clear()
+        rows = sample_rows(start, start + 100)
         fetched = {
             "status": "new",
             "group_number": GROUP,
             "batch_number": batch,
-            "rows": sample_rows(start, start + 100),
+            "rows": len(rows),
+            "delivery_id": save_delivery(batches_dsn, GROUP, batch, rows),
         }
         with caplog.at_level(logging.INFO, logger="app.pipeline.steps"):
-            summary = store_batch(config, fetched)
+            summary = steps.store_batch(config, fetched)
         warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
         return summary, warnings
 
@@ -97,3 +107,37 @@ def test_the_store_step_reports_the_gap_and_warns_only_then(
         summary, _ = store(batch, 100 * batch)
     summary, warnings = store(4, 400)
     assert summary["missing_batches"] == [] and warnings == []
+
+
+def test_the_store_step_stores_a_delivery_an_earlier_run_left_behind_first(
+    batches_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    apply_migrations(batches_dsn)
+    config = steps.PipelineConfig(
+        batches_dsn=batches_dsn,
+        data_api_url="http://127.0.0.1:9",
+        group_number=GROUP,
+        mlflow_tracking_uri="http://127.0.0.1:9",
+        inference_api_url=None,
+    )
+    # An earlier run fetched batch 1, then its store step failed: the delivery stayed.
+    left = save_delivery(batches_dsn, GROUP, 1, sample_rows(0, 100))
+    rows = sample_rows(100, 200)
+    fetched = {
+        "status": "new",
+        "group_number": GROUP,
+        "batch_number": 2,
+        "rows": len(rows),
+        "delivery_id": save_delivery(batches_dsn, GROUP, 2, rows),
+    }
+    with caplog.at_level(logging.INFO, logger="app.pipeline.steps"):
+        summary = steps.store_batch(config, fetched)
+    assert summary["batch_number"] == 2 and summary["missing_batches"] == []
+    assert seen_batches(batches_dsn, GROUP) == [1, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"stored delivery {left} (batch 1, 100 new rows), left behind by an earlier run"
+    ]
+    # A second try of the same task finds its delivery stored and says so.
+    with pytest.raises(DeliveryNotFoundError, match="an earlier try of this task stored it"):
+        steps.store_batch(config, fetched)

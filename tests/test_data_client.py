@@ -26,9 +26,7 @@ from app.data_client import (
     Exhausted,
     NewBatch,
     Timeouts,
-    fetch_batch,
     is_exhausted_detail,
-    restart,
     safe_url,
 )
 from app.settings import DataClientSettings
@@ -272,7 +270,7 @@ def test_a_trickling_server_hits_the_total_deadline(server: ScriptedServer) -> N
 def test_connection_refused() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(DataApiUnavailable, match=f"GET {url}/data\\?group_number=3: connection"):
-        fetch_batch(url, 3, timeout=FAST)
+        DataApiClient(url, FAST).fetch_batch(3)
 
 
 def test_connection_dropped_without_answer(server: ScriptedServer) -> None:
@@ -303,7 +301,7 @@ def full_backlog() -> Iterator[int]:
 def test_connect_timeout(full_backlog: int) -> None:
     url = f"http://127.0.0.1:{full_backlog}"
     with pytest.raises(DataApiTimeout, match="no connection within 0.3s"):
-        fetch_batch(url, 3, timeout=Timeouts(connect=0.3, read=5, total=10))
+        DataApiClient(url, Timeouts(connect=0.3, read=5, total=10)).fetch_batch(3)
 
 
 def test_errors_never_show_credentials(server: ScriptedServer) -> None:
@@ -311,7 +309,7 @@ def test_errors_never_show_credentials(server: ScriptedServer) -> None:
     host = server.url.removeprefix("http://")
     secret_url = f"http://mlops:hunter2-secret@{host}"
     with pytest.raises(DataApiServerError) as info:
-        fetch_batch(secret_url, 3, timeout=FAST)
+        DataApiClient(secret_url, FAST).fetch_batch(3)
     assert "hunter2" not in str(info.value) and "hunter2" not in info.value.url
     assert f"http://{host}/data?group_number=3" in str(info.value)
     assert safe_url("https://u:p@[::1]:8443/x?y=1") == "https://[::1]:8443/x?y=1"
@@ -336,21 +334,22 @@ def test_settings_drive_url_group_and_timeouts(
     monkeypatch.setenv("DATA_API_READ_TIMEOUT", "0.3")
     settings = DataClientSettings()
     server.replies.append(Reply(body=batch_body(7, 2)))
-    assert fetch_batch(settings) == NewBatch(7, 2, [ROW, ROW])
-    server.replies.append(Reply(hang=True))
-    with pytest.raises(DataApiTimeout, match="0.3s"):
-        fetch_batch(settings)
+    with DataApiClient(settings.base_url, Timeouts.from_settings(settings)) as c:
+        assert c.fetch_batch(settings.group_number) == NewBatch(7, 2, [ROW, ROW])
+        server.replies.append(Reply(hang=True))
+        with pytest.raises(DataApiTimeout, match="0.3s"):
+            c.fetch_batch(settings.group_number)
     assert server.requests == ["/data?group_number=7", "/data?group_number=7"]
 
 
 def test_restart(server: ScriptedServer) -> None:
     server.replies.append(Reply(body=["ok"]))  # what the course server's `return {'ok'}` sends
-    assert restart(server.url, 5, timeout=FAST) == ["ok"]
+    assert DataApiClient(server.url, FAST).restart(5) == ["ok"]
     server.replies.append(Reply(400, {"detail": SPANISH_BAD_GROUP}))
     with pytest.raises(DataApiRequestError, match="inválido"):
-        restart(server.url, 5, timeout=FAST)
+        DataApiClient(server.url, FAST).restart(5)
     server.replies.append(Reply(200, b"", content_type="text/plain"))
-    assert restart(server.url, 5, timeout=FAST) is None
+    assert DataApiClient(server.url, FAST).restart(5) is None
     assert server.requests == ["/restart_data_generation?group_number=5"] * 3
 
 
@@ -359,8 +358,6 @@ def test_bad_arguments() -> None:
         DataApiClient("ftp://example.org")
     with pytest.raises(ValueError, match="group_number"):
         DataApiClient("http://127.0.0.1:1").fetch_batch(0)
-    with pytest.raises(ValueError, match="group_number is required"):
-        fetch_batch("http://127.0.0.1:1")
 
 
 class CourseServer:

@@ -164,7 +164,7 @@ def test_two_steps_as_the_dag_runs_them(covertype_frames, mlflow_settings, small
     passed = json.loads(json.dumps(trained.to_dict()))
     restored = TrainedRun.from_dict(passed)
     assert restored == trained
-    decision = register_and_promote(restored, holdout, mlflow_settings=mlflow_settings)
+    decision = register_and_promote(restored, holdout, mlflow_settings=mlflow_settings).to_dict()
     assert json.loads(json.dumps(decision)) == decision
     assert decision["promoted"] is True and decision["version"] == "1"
     # The challenger was loaded back from the registry and scored on these rows.
@@ -172,7 +172,7 @@ def test_two_steps_as_the_dag_runs_them(covertype_frames, mlflow_settings, small
     assert decision["challenger"]["accuracy"] == pytest.approx(trained.accuracy)
     assert client.get_run(trained.parent_run_id).data.tags["model_version"] == "1"
 
-    again = register_and_promote(restored, holdout, mlflow_settings=mlflow_settings)
+    again = register_and_promote(restored, holdout, mlflow_settings=mlflow_settings).to_dict()
     assert again["promoted"] is True and again["version"] == "1"
     assert "already points to this version" in again["reason"]
     versions = client.search_model_versions(f"name = '{mlflow_settings.registered_model_name}'")

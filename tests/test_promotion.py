@@ -345,10 +345,10 @@ def test_s3_down_at_promotion_leaves_the_alias_and_the_next_run_succeeds(
         assert "unservable_reason" not in version_tags(mlflow_settings, first.model_version)
     finally:
         s3.start()
-    decision = register_and_promote(trained, holdout, mlflow_settings=mlflow_settings)
-    assert decision["promoted"], decision["reason"]
-    assert "re-scored now" in decision["reason"]
-    assert alias_version(mlflow_settings) == decision["version"]
+    decision = register_and_promote(trained, holdout, mlflow_settings=mlflow_settings).decision
+    assert decision.promoted, decision.reason
+    assert "re-scored now" in decision.reason
+    assert alias_version(mlflow_settings) == decision.version
 
 
 def test_s3_dying_mid_run_fails_the_run_stores_nothing_and_the_next_run_succeeds(

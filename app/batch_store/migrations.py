@@ -19,7 +19,7 @@ from app.batch_store.db import Connection, DsnOrConnection, connection, redact_d
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 
 # (namespace, key) for pg_advisory_xact_lock(int, int). The namespace is arbitrary but fixed;
-# ingestion uses its own (see ingest.py).
+# storing a batch uses its own (see store.py).
 LOCK_NAMESPACE = 734_001
 _MIGRATIONS_LOCK_KEY = 0
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.exceptions import ClientException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
@@ -63,83 +64,45 @@ def _version() -> str:
         return "0+unknown (not installed)"
 
 
-def create_app(settings: DataApiSettings, dataset: Dataset | None = None) -> Litestar:
-    """Build the app. `dataset` lets callers that already loaded the file pass it in."""
-    if dataset is None:
-        dataset = load_dataset(settings.dataset_path, settings.n_batches)
-    schedule = Schedule(
-        state_file=settings.state_file,
-        n_groups=settings.n_groups,
-        n_batches=settings.n_batches,
-        interval_seconds=settings.interval_seconds,
-    )
-    n_groups = settings.n_groups
-    # One generator per group: with a seed, a group's samples depend only on the seed, the
-    # group and how many requests it made, not on what other groups did in between.
-    rngs = {g: _group_rng(settings.seed, g) for g in range(1, n_groups + 1)}
-    group_param = QueryParameter(
-        name=GROUP_PARAM,
-        ge=1,
-        le=n_groups,
-        description=f"Your group, an integer from 1 to {n_groups}.",
-    )
-    allowed = f"an integer from 1 to {n_groups}"
-    bad_group = ResponseSpec(
-        data_container=ErrorBody,
-        description=f"{GROUP_PARAM} is missing or not {allowed}.",
-        generate_examples=False,
-    )
-    bad_group_or_done = ResponseSpec(
-        data_container=ErrorBody,
-        description=(
-            f"{GROUP_PARAM} is missing or not {allowed}; or every batch of the group has been "
-            "served (the detail says so and how to restart)."
-        ),
-        generate_examples=False,
-    )
+class BatchService:
+    """What the endpoints do, apart from HTTP: the schedule, one sampler per group, the info
+    document."""
 
-    @get(
-        "/data",
-        media_type=MediaType.JSON,
-        summary="A random tenth of the group's current batch",
-        description=(
-            f"Rows in the order {', '.join(COLUMNS)}, values as strings. A group starts at "
-            "batch 1 with its first request and moves on by one batch when a request comes "
-            f"at least {settings.interval_seconds:g} s after its previous move, so a client "
-            "that was away misses no batch. A request that long after the last of the "
-            f"{settings.n_batches} batches began gets 400 until /restart_data_generation is "
-            "called."
-        ),
-        responses={400: bad_group_or_done},
-    )
-    async def data(group_number: Annotated[int, group_param]) -> Response[DataBatch]:
+    def __init__(self, settings: DataApiSettings, dataset: Dataset) -> None:
+        self.settings = settings
+        self.dataset = dataset
+        self.schedule = Schedule(
+            state_file=settings.state_file,
+            n_groups=settings.n_groups,
+            n_batches=settings.n_batches,
+            interval_seconds=settings.interval_seconds,
+        )
+        # One generator per group: with a seed, a group's samples depend only on the seed, the
+        # group and how many requests it made, not on what other groups did in between.
+        self.rngs = {g: _group_rng(settings.seed, g) for g in range(1, settings.n_groups + 1)}
+
+    def data(self, group_number: int) -> bytes:
         try:
-            index = schedule.batch_index(group_number)
+            index = self.schedule.batch_index(group_number)
         except AllBatchesServed as exc:
+            restart = f"/restart_data_generation?{GROUP_PARAM}={group_number}"
             raise AllBatchesServedError(
                 detail=(
                     f"All {exc.n_batches} batches of group {group_number} have been served. "
-                    f"Call GET /restart_data_generation?{GROUP_PARAM}={group_number} "
-                    "to start the group again from batch 1."
+                    f"Call GET {restart} to start the group again from batch 1."
                 ),
                 extra={
                     GROUP_PARAM: group_number,
                     "batches_served": exc.n_batches,
-                    "restart": f"/restart_data_generation?{GROUP_PARAM}={group_number}",
+                    "restart": restart,
                 },
             ) from None
-        body = data_body(dataset.batches[index], rngs[group_number], group_number, index + 1)
-        return Response(body, media_type=MediaType.JSON)
+        batch = self.dataset.batches[index]
+        return data_body(batch, self.rngs[group_number], group_number, index + 1)
 
-    @get(
-        "/restart_data_generation",
-        summary="Start the group again from batch 1",
-        description="The group's next /data request starts batch 1 and its interval clock.",
-        responses={400: bad_group},
-    )
-    async def restart(group_number: Annotated[int, group_param]) -> RestartDone:
-        schedule.restart(group_number)
-        rngs[group_number] = _group_rng(settings.seed, group_number)
+    def restart(self, group_number: int) -> RestartDone:
+        self.schedule.restart(group_number)
+        self.rngs[group_number] = _group_rng(self.settings.seed, group_number)
         log.info("group %d restarted", group_number)
         return RestartDone(
             ok=True,
@@ -147,8 +110,8 @@ def create_app(settings: DataApiSettings, dataset: Dataset | None = None) -> Lit
             detail=f"Group {group_number} starts again at batch 1 with its next /data request.",
         )
 
-    @get("/", summary="What this service serves and where its documentation is")
-    async def info() -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
+        settings, dataset, n_groups = self.settings, self.dataset, self.settings.n_groups
         return {
             "name": NAME,
             "version": _version(),
@@ -166,7 +129,7 @@ def create_app(settings: DataApiSettings, dataset: Dataset | None = None) -> Lit
             "interval_seconds": settings.interval_seconds,
             "batch_sizes": dataset.batch_sizes,
             "rows_per_response": dataset.rows_per_response,
-            "group_progress": schedule.progress(),
+            "group_progress": self.schedule.progress(),
             # Templates, not links: a GET on the restart URL restarts the group.
             "endpoints": {
                 "data": f"/data?{GROUP_PARAM}={{1..{n_groups}}}",
@@ -180,15 +143,89 @@ def create_app(settings: DataApiSettings, dataset: Dataset | None = None) -> Lit
             },
         }
 
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "rows": self.dataset.n_rows, "batches": self.settings.n_batches}
+
+
+def _error_specs(n_groups: int) -> tuple[ResponseSpec, ResponseSpec]:
+    """The documented 400 answers: a bad group, and a bad group or every batch served."""
+    allowed = f"an integer from 1 to {n_groups}"
+    bad_group = ResponseSpec(
+        data_container=ErrorBody,
+        description=f"{GROUP_PARAM} is missing or not {allowed}.",
+        generate_examples=False,
+    )
+    bad_group_or_done = ResponseSpec(
+        data_container=ErrorBody,
+        description=(
+            f"{GROUP_PARAM} is missing or not {allowed}; or every batch of the group has been "
+            "served (the detail says so and how to restart)."
+        ),
+        generate_examples=False,
+    )
+    return bad_group, bad_group_or_done
+
+
+def _route_handlers(service: BatchService) -> list[HTTPRouteHandler]:
+    """Thin handlers around the service. They are made here because the group parameter's
+    documented range is the configured number of groups."""
+    settings, n_groups = service.settings, service.settings.n_groups
+    group_param = QueryParameter(
+        name=GROUP_PARAM,
+        ge=1,
+        le=n_groups,
+        description=f"Your group, an integer from 1 to {n_groups}.",
+    )
+    bad_group, bad_group_or_done = _error_specs(n_groups)
+    data_description = (
+        f"Rows in the order {', '.join(COLUMNS)}, values as strings. A group starts at batch 1 "
+        "with its first request and moves on by one batch when a request comes at least "
+        f"{settings.interval_seconds:g} s after its previous move, so a client that was away "
+        f"misses no batch. A request that long after the last of the {settings.n_batches} "
+        "batches began gets 400 until /restart_data_generation is called."
+    )
+
+    @get(
+        "/data",
+        media_type=MediaType.JSON,
+        summary="A random tenth of the group's current batch",
+        description=data_description,
+        responses={400: bad_group_or_done},
+    )
+    async def data(group_number: Annotated[int, group_param]) -> Response[DataBatch]:
+        return Response(service.data(group_number), media_type=MediaType.JSON)
+
+    @get(
+        "/restart_data_generation",
+        summary="Start the group again from batch 1",
+        description="The group's next /data request starts batch 1 and its interval clock.",
+        responses={400: bad_group},
+    )
+    async def restart(group_number: Annotated[int, group_param]) -> RestartDone:
+        return service.restart(group_number)
+
+    @get("/", summary="What this service serves and where its documentation is")
+    async def info() -> dict[str, Any]:
+        return service.info()
+
     @get("/health", summary="Liveness: the dataset is loaded and requests are served")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "rows": dataset.n_rows, "batches": settings.n_batches}
+        return service.health()
+
+    return [data, restart, info, health]
+
+
+def create_app(settings: DataApiSettings, dataset: Dataset | None = None) -> Litestar:
+    """Build the app. `dataset` lets callers that already loaded the file pass it in."""
+    if dataset is None:
+        dataset = load_dataset(settings.dataset_path, settings.n_batches)
+    n_groups = settings.n_groups
 
     def group_validation_error(request: Request, exc: ValidationException) -> Response[Any]:
         return _group_validation_error(request, exc, n_groups)
 
     return Litestar(
-        route_handlers=[data, restart, info, health],
+        route_handlers=_route_handlers(BatchService(settings, dataset)),
         exception_handlers={ValidationException: group_validation_error},
         openapi_config=OpenAPIConfig(
             title="Forest cover batch data API",

@@ -1,4 +1,5 @@
-"""Registered model `forest-cover`: new versions, and the rule that moves alias `production`.
+"""The registered model: new versions from a run's champion, and the rule that moves the
+production alias (names: MLFLOW_REGISTERED_MODEL, MLFLOW_PRODUCTION_ALIAS).
 
 The alias is the only pointer anyone serves from. It moves only when this module has scored
 the version it points to *now* (which may be one a user chose by hand in the MLflow UI) on the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -22,13 +24,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from app.pipeline import tracking
 from app.pipeline.evaluate import MB, Scores, score, serialized_size
+from app.pipeline.features import check_frame
 from app.pipeline.selection import compare
+from app.settings import MlflowSettings, TrainingSettings
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
+
+    from app.pipeline.evaluate import Evaluation
+    from app.pipeline.run import TrainedRun
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +170,10 @@ class PromotionRule:
     metric: str
     margin: float
     max_bytes: int
+
+    @classmethod
+    def of(cls, settings: TrainingSettings) -> PromotionRule:
+        return cls(settings.metric, settings.promotion_margin, int(settings.max_model_mb * MB))
 
 
 @dataclass
@@ -307,3 +319,103 @@ def decide_and_promote(
         challenger=challenger,
         production=verdict.production.scores if verdict.production is not None else None,
     )
+
+
+# --- registration: the champion of a run becomes a version, then the rule above decides ---
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What register_and_promote did: the decision, the version and the seconds it took."""
+
+    decision: PromotionDecision
+    version: str
+    timings: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.decision.to_dict() | {"timings": self.timings}
+
+
+def _existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version already registered from this champion run (a retried step), if any."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def _register_champion(client: MlflowClient, name: str, run: TrainedRun) -> ModelVersion:
+    """A new version from the run's champion, once: a retried step finds it registered."""
+    version = _existing_version(client, name, run.champion_run_id)
+    if version is not None:
+        return version
+    tags = {
+        **run.tags(),
+        "candidate": run.champion,
+        "parent_run_id": run.parent_run_id,
+        "accuracy": f"{run.accuracy:.6f}",
+        "macro_f1": f"{run.macro_f1:.6f}",
+        "model_size_bytes": str(run.size_bytes),
+    }
+    return register(run.model_uri, name, tags=tags)
+
+
+def _challenger(run: TrainedRun, holdout: pd.DataFrame, known: _Rescored | None) -> _Rescored:
+    """The champion's scores on these held-out rows and its size: as given by a caller that
+    trained it in this process, else from the logged model (what the registry serves)."""
+    if known is None:
+        with tempfile.TemporaryDirectory(prefix="mlflow-challenger-") as tmp:
+            model = mlflow.sklearn.load_model(run.model_uri, dst_path=tmp)
+        known = _Rescored(score(model, holdout), serialized_size(model))
+    if known.scores.rows != run.holdout_rows:
+        log.warning(
+            "held-out rows changed since training (%d -> %d); both models are scored on "
+            "the %d rows given now",
+            run.holdout_rows,
+            known.scores.rows,
+            known.scores.rows,
+        )
+    return known
+
+
+def register_and_promote(
+    run: TrainedRun,
+    holdout: pd.DataFrame,
+    *,
+    mlflow_settings: MlflowSettings | None = None,
+    training_settings: TrainingSettings | None = None,
+    challenger: Evaluation | None = None,
+) -> Registration:
+    """Register the run's champion and move the alias only if it wins (decide_and_promote).
+
+    Both it and production are scored on `holdout`, so they are judged on the same rows even
+    when this runs in another process than training did (pass `challenger` when it did not).
+    Safe to retry: a champion run is registered once."""
+    mlflow_settings = mlflow_settings or MlflowSettings()
+    settings = training_settings or TrainingSettings()
+    check_frame(holdout, "holdout")
+    name = mlflow_settings.registered_model_name
+    known = _Rescored(challenger.scores, challenger.size_bytes) if challenger else None
+    timings: dict[str, float] = {}
+    with tracking.session(mlflow_settings.tracking_uri) as client:
+        step = time.perf_counter()
+        version = str(_register_champion(client, name, run).version)
+        timings["register"] = time.perf_counter() - step
+        step = time.perf_counter()
+        scored = _challenger(run, holdout, known)
+        decision = decide_and_promote(
+            client,
+            name=name,
+            alias=mlflow_settings.production_alias,
+            version=version,
+            challenger=scored.scores,
+            challenger_bytes=scored.size_bytes,
+            holdout=holdout,
+            rule=PromotionRule.of(settings),
+        )
+        timings["promote"] = time.perf_counter() - step
+        for key, value in {
+            "model_version": version,
+            DECISION_TAG: PROMOTED if decision.promoted else NOT_PROMOTED,
+            REASON_TAG: decision.reason[:5000],
+        }.items():
+            client.set_tag(run.parent_run_id, key, value)
+    return Registration(decision, version, timings)

@@ -3,9 +3,8 @@
 - `train_and_log`: train and evaluate every candidate under one parent run (a child run per
   candidate), choose the champion and log its model. Returns a TrainedRun, which is plain data
   (to_dict/from_dict) so Airflow can hand it to the next task.
-- `register_and_promote`: register the champion as a new version and move the production alias
-  only if it wins against the version the alias points to now, both scored on the held-out
-  rows given to this step. Safe to retry: a champion run is registered once.
+- then app.pipeline.registry.register_and_promote registers the champion as a new version
+  and moves the production alias only if it wins.
 - `run_training`: both, in one process (tests, benchmarks).
 
 Inputs are DataFrames (the DAG reads them with app.batch_store.read.load_rows), so this module
@@ -14,11 +13,9 @@ knows nothing about where rows are stored. Any failure raises and leaves the ali
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -34,17 +31,14 @@ from app.pipeline.candidates import (
     parse_overrides,
     prepare_for_serving,
 )
-from app.pipeline.evaluate import MB, Evaluation, evaluate, fit, score, serialized_size
+from app.pipeline.evaluate import MB, Evaluation, evaluate, fit
 from app.pipeline.features import batches_in, check_frame
-from app.pipeline.registry import PromotionDecision, PromotionRule, decide_and_promote, register
+from app.pipeline.registry import PromotionDecision, register_and_promote
 from app.pipeline.selection import choose_champion
-from app.pipeline.tracking import MlflowUnavailableError
 from app.settings import MlflowSettings, TrainingSettings
 
 if TYPE_CHECKING:
     import pandas as pd
-    from mlflow.entities.model_registry import ModelVersion
-    from mlflow.tracking import MlflowClient
     from sklearn.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -162,25 +156,6 @@ def _run_name(metadata: RunMetadata, batches: Sequence[int]) -> str:
     return f"{group}{upto}-{time.strftime('%Y%m%dT%H%M%S')}"
 
 
-@contextlib.contextmanager
-def _mlflow_session(uri: str) -> Iterator[MlflowClient]:
-    """Connect (failing fast when the server is down), scope MLflow's global URI to this call,
-    and turn any error raised while the server has gone away into MlflowUnavailableError."""
-    client = tracking.connect(uri)
-    try:
-        with tracking.tracking_uri(uri):
-            yield client
-    except MlflowUnavailableError:
-        raise
-    except Exception as exc:
-        if not tracking.reachable(uri):
-            raise MlflowUnavailableError(
-                f"MLflow tracking server {uri} stopped answering during the run "
-                f"({type(exc).__name__}: {exc}); the production alias was not touched"
-            ) from exc
-        raise
-
-
 def train_and_log(
     train: pd.DataFrame,
     holdout: pd.DataFrame,
@@ -206,6 +181,100 @@ def train_and_log(
     return trained
 
 
+@dataclass
+class _Trained:
+    """One candidate after its child run: what choosing and logging the champion need."""
+
+    evaluation: Evaluation
+    model: Pipeline
+    run_id: str
+    model_uri: str | None
+
+
+def _resolve_candidates(
+    settings: TrainingSettings, candidates: Sequence[Candidate] | None
+) -> Sequence[Candidate]:
+    if candidates is None:
+        candidates = default_candidates(
+            settings.candidates,
+            seed=settings.seed,
+            n_jobs=settings.n_jobs,
+            overrides=parse_overrides(settings.param_overrides),
+        )
+    if not candidates:
+        raise ValueError("no candidates to train")
+    return candidates
+
+
+def _train_candidate(
+    candidate: Candidate,
+    experiment_id: str,
+    tags: dict[str, str],
+    frames: tuple[pd.DataFrame, pd.DataFrame],
+    settings: TrainingSettings,
+) -> _Trained:
+    """Fit and evaluate one candidate in its own child run of the active parent run."""
+    train, holdout = frames
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=candidate.name,
+        nested=True,
+        tags={**tags, "candidate": candidate.name},
+    ) as child:
+        model = candidate.build()
+        mlflow.log_params(tracking.loggable_params(model.named_steps[MODEL_STEP].get_params()))
+        try:
+            with threadpool_limits(limits=settings.n_jobs):
+                seconds = fit(model, train)
+                prepare_for_serving(model)
+                evaluation = evaluate(candidate.name, model, seconds, train, holdout)
+        except Exception as exc:
+            mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
+            raise CandidateFailedError(
+                f"candidate {candidate.name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        tracking.log_evaluation(evaluation)
+        uri = tracking.log_model(model, holdout).model_uri if settings.log_all_models else None
+    log.info(
+        "%s: %s %.4f, fit %.1f s, %.2f MB",
+        candidate.name,
+        settings.metric,
+        evaluation.scores.get(settings.metric),
+        evaluation.fit_seconds,
+        evaluation.size_mb,
+    )
+    return _Trained(evaluation, model, child.info.run_id, uri)
+
+
+def _log_champion(
+    champion: _Trained,
+    evaluations: list[Evaluation],
+    holdout: pd.DataFrame,
+    champion_hook: ChampionHook | None,
+) -> str:
+    """Mark the champion on the parent run, log its model (once) in its own child run and
+    return the model's URI."""
+    mlflow.set_tag("champion", champion.evaluation.candidate)
+    mlflow.log_metrics({f"champion_{k}": v for k, v in champion.evaluation.metrics().items()})
+    mlflow.log_text(tracking.summary_json(evaluations), "candidates.json")
+    with mlflow.start_run(run_id=champion.run_id, nested=True):
+        mlflow.set_tag("champion", "true")
+        uri = champion.model_uri or tracking.log_model(champion.model, holdout).model_uri
+        if champion_hook is not None:
+            champion_hook(champion.model, holdout, champion.run_id)
+    return uri
+
+
+def _parent_params(candidates: Sequence[Candidate], settings: TrainingSettings) -> dict[str, Any]:
+    return {
+        "candidates": ",".join(c.name for c in candidates),
+        "promotion_metric": settings.metric,
+        "promotion_margin": settings.promotion_margin,
+        "max_model_mb": settings.max_model_mb,
+        "seed": settings.seed,
+    }
+
+
 def _train_and_log(
     train: pd.DataFrame,
     holdout: pd.DataFrame,
@@ -217,107 +286,44 @@ def _train_and_log(
 ) -> tuple[TrainedRun, list[Evaluation], Evaluation]:
     check_frame(train, "train")
     check_frame(holdout, "holdout")
-    if candidates is None:
-        candidates = default_candidates(
-            settings.candidates,
-            seed=settings.seed,
-            n_jobs=settings.n_jobs,
-            overrides=parse_overrides(settings.param_overrides),
-        )
-    if not candidates:
-        raise ValueError("no candidates to train")
+    candidates = _resolve_candidates(settings, candidates)
     batches = list(metadata.batches) if metadata.batches is not None else batches_in(train)
     tags = _tags(metadata, batches, len(train), len(holdout))
     started = time.perf_counter()
     timings: dict[str, float] = {}
-
-    with _mlflow_session(mlflow_settings.tracking_uri) as client:
+    with tracking.session(mlflow_settings.tracking_uri) as client:
         experiment_id = tracking.ensure_experiment(client, mlflow_settings.experiment_name)
         with mlflow.start_run(
             experiment_id=experiment_id, run_name=_run_name(metadata, batches), tags=tags
         ) as parent:
-            mlflow.log_params(
-                {
-                    "candidates": ",".join(c.name for c in candidates),
-                    "promotion_metric": settings.metric,
-                    "promotion_margin": settings.promotion_margin,
-                    "max_model_mb": settings.max_model_mb,
-                    "seed": settings.seed,
-                }
-            )
-            evaluations: list[Evaluation] = []
-            models: dict[str, Pipeline] = {}
-            run_ids: dict[str, str] = {}
-            model_uris: dict[str, str] = {}
-            for candidate in candidates:
-                with mlflow.start_run(
-                    experiment_id=experiment_id,
-                    run_name=candidate.name,
-                    nested=True,
-                    tags={**tags, "candidate": candidate.name},
-                ) as child:
-                    model = candidate.build()
-                    params = model.named_steps[MODEL_STEP].get_params()
-                    mlflow.log_params(tracking.loggable_params(params))
-                    try:
-                        with threadpool_limits(limits=settings.n_jobs):
-                            seconds = fit(model, train)
-                            prepare_for_serving(model)
-                            evaluation = evaluate(candidate.name, model, seconds, train, holdout)
-                    except Exception as exc:
-                        mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
-                        raise CandidateFailedError(
-                            f"candidate {candidate.name!r} failed: {type(exc).__name__}: {exc}"
-                        ) from exc
-                    tracking.log_evaluation(evaluation)
-                    if settings.log_all_models:
-                        model_uris[candidate.name] = tracking.log_model(model, holdout).model_uri
-                log.info(
-                    "%s: %s %.4f, fit %.1f s, %.2f MB",
-                    candidate.name,
-                    settings.metric,
-                    evaluation.scores.get(settings.metric),
-                    evaluation.fit_seconds,
-                    evaluation.size_mb,
-                )
-                evaluations.append(evaluation)
-                models[candidate.name] = model
-                run_ids[candidate.name] = child.info.run_id
+            mlflow.log_params(_parent_params(candidates, settings))
+            trained = [
+                _train_candidate(c, experiment_id, tags, (train, holdout), settings)
+                for c in candidates
+            ]
             timings["candidates"] = time.perf_counter() - started
-
-            champion = choose_champion(
+            evaluations = [t.evaluation for t in trained]
+            best = choose_champion(
                 evaluations,
                 metric=settings.metric,
                 margin=settings.promotion_margin,
                 max_bytes=int(settings.max_model_mb * MB),
             )
-            champion_run_id = run_ids[champion.candidate]
-            mlflow.set_tag("champion", champion.candidate)
-            mlflow.log_metrics({f"champion_{k}": v for k, v in champion.metrics().items()})
-            mlflow.log_text(tracking.summary_json(evaluations), "candidates.json")
-
+            champion = next(t for t in trained if t.evaluation is best)
             step = time.perf_counter()
-            with mlflow.start_run(run_id=champion_run_id, nested=True):
-                mlflow.set_tag("champion", "true")
-                if champion.candidate not in model_uris:
-                    model_uris[champion.candidate] = tracking.log_model(
-                        models[champion.candidate], holdout
-                    ).model_uri
-                if champion_hook is not None:
-                    champion_hook(models[champion.candidate], holdout, champion_run_id)
+            model_uri = _log_champion(champion, evaluations, holdout, champion_hook)
             timings["log_model"] = time.perf_counter() - step
             timings["train_total"] = time.perf_counter() - started
             mlflow.log_metrics({f"seconds_{k}": v for k, v in timings.items()})
-
-    trained = TrainedRun(
+    trained_run = TrainedRun(
         experiment_id=experiment_id,
         parent_run_id=parent.info.run_id,
-        champion=champion.candidate,
-        champion_run_id=champion_run_id,
-        model_uri=model_uris[champion.candidate],
-        accuracy=champion.scores.accuracy,
-        macro_f1=champion.scores.macro_f1,
-        size_bytes=champion.size_bytes,
+        champion=best.candidate,
+        champion_run_id=champion.run_id,
+        model_uri=model_uri,
+        accuracy=best.scores.accuracy,
+        macro_f1=best.scores.macro_f1,
+        size_bytes=best.size_bytes,
         train_rows=len(train),
         holdout_rows=len(holdout),
         batches=batches,
@@ -327,104 +333,7 @@ def _train_and_log(
         candidates=[{"candidate": e.candidate, **e.metrics()} for e in evaluations],
         timings=timings,
     )
-    return trained, evaluations, champion
-
-
-def _existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
-    """The version already registered from this champion run (a retried step), if any."""
-    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    return max(found, key=lambda v: int(v.version)) if found else None
-
-
-def register_and_promote(
-    run: TrainedRun,
-    holdout: pd.DataFrame,
-    *,
-    mlflow_settings: MlflowSettings | None = None,
-    training_settings: TrainingSettings | None = None,
-) -> dict[str, Any]:
-    """Register the champion and decide promotion; returns the decision as plain data
-    (PromotionDecision.to_dict plus model name, alias and timings).
-
-    The champion is loaded back from MLflow and scored on `holdout` next to the production
-    version, so both are judged on the same rows even when this runs in another process than
-    training did."""
-    decision, _, timings = _register_and_promote(
-        run,
-        holdout,
-        mlflow_settings or MlflowSettings(),
-        training_settings or TrainingSettings(),
-        challenger=None,
-    )
-    return decision.to_dict() | {"timings": timings}
-
-
-def _register_and_promote(
-    run: TrainedRun,
-    holdout: pd.DataFrame,
-    mlflow_settings: MlflowSettings,
-    settings: TrainingSettings,
-    challenger: Evaluation | None,
-) -> tuple[PromotionDecision, str, dict[str, float]]:
-    check_frame(holdout, "holdout")
-    name = mlflow_settings.registered_model_name
-    timings: dict[str, float] = {}
-    with _mlflow_session(mlflow_settings.tracking_uri) as client:
-        step = time.perf_counter()
-        version = _existing_version(client, name, run.champion_run_id)
-        if version is None:
-            version = register(
-                run.model_uri,
-                name,
-                tags={
-                    **run.tags(),
-                    "candidate": run.champion,
-                    "parent_run_id": run.parent_run_id,
-                    "accuracy": f"{run.accuracy:.6f}",
-                    "macro_f1": f"{run.macro_f1:.6f}",
-                    "model_size_bytes": str(run.size_bytes),
-                },
-            )
-        timings["register"] = time.perf_counter() - step
-
-        step = time.perf_counter()
-        if challenger is not None:
-            scores, size = challenger.scores, challenger.size_bytes
-        else:
-            # What was logged, not what was in memory: the registry serves this file.
-            with tempfile.TemporaryDirectory(prefix="mlflow-challenger-") as tmp:
-                model = mlflow.sklearn.load_model(run.model_uri, dst_path=tmp)
-            scores, size = score(model, holdout), serialized_size(model)
-        if scores.rows != run.holdout_rows:
-            log.warning(
-                "held-out rows changed since training (%d -> %d); both models are scored on "
-                "the %d rows given now",
-                run.holdout_rows,
-                scores.rows,
-                scores.rows,
-            )
-        decision = decide_and_promote(
-            client,
-            name=name,
-            alias=mlflow_settings.production_alias,
-            version=str(version.version),
-            challenger=scores,
-            challenger_bytes=size,
-            holdout=holdout,
-            rule=PromotionRule(
-                metric=settings.metric,
-                margin=settings.promotion_margin,
-                max_bytes=int(settings.max_model_mb * MB),
-            ),
-        )
-        timings["promote"] = time.perf_counter() - step
-        for key, value in {
-            "model_version": str(version.version),
-            "promotion_decision": "promoted" if decision.promoted else "not_promoted",
-            "promotion_reason": decision.reason[:5000],
-        }.items():
-            client.set_tag(run.parent_run_id, key, value)
-    return decision, str(version.version), timings
+    return trained_run, evaluations, best
 
 
 def run_training(
@@ -453,21 +362,25 @@ def run_training(
         candidates,
         champion_hook,
     )
-    decision, version, promote_timings = _register_and_promote(
-        trained, holdout, mlflow_settings, settings, challenger=champion
+    registration = register_and_promote(
+        trained,
+        holdout,
+        mlflow_settings=mlflow_settings,
+        training_settings=settings,
+        challenger=champion,
     )
     timings = {
         "candidates": trained.timings["candidates"],
         "log_model": trained.timings["log_model"],
-        **promote_timings,
+        **registration.timings,
         "total": time.perf_counter() - started,
     }
     return TrainingResult(
         trained=trained,
         evaluations=evaluations,
         champion=champion,
-        model_version=version,
-        decision=decision,
+        model_version=registration.version,
+        decision=registration.decision,
         timings=timings,
     )
 
@@ -477,7 +390,6 @@ __all__ = [
     "RunMetadata",
     "TrainedRun",
     "TrainingResult",
-    "register_and_promote",
     "run_training",
     "train_and_log",
 ]

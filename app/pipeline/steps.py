@@ -1,29 +1,28 @@
-"""The steps of the forest_cover_mlops_pipeline DAG, as plain functions.
+"""The steps of the forest_cover_mlops_pipeline DAG, as plain functions, one per task and
+named like it.
 
 The DAG file only wires these together; each takes a PipelineConfig and the previous step's
-JSON-serialisable result (what Airflow passes between tasks as XCom), so every step can be run
-and tested without a scheduler.
+small JSON result (what Airflow passes between tasks as XCom: counts and ids, never rows), so
+every step can be run and tested without a scheduler.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from app.settings import DataClientSettings, InferenceClientSettings, MlflowSettings
+from app.settings import (
+    BatchStoreSettings,
+    DataClientSettings,
+    InferenceClientSettings,
+    MlflowSettings,
+)
 
 log = logging.getLogger(__name__)
-
-# Airflow connection ids; each may also be given as an AIRFLOW_CONN_<ID> environment variable.
-BATCHES_DB_CONN_ID = "batches_db"
-DATA_API_CONN_ID = "data_api"
-MLFLOW_CONN_ID = "mlflow"
-INFERENCE_API_CONN_ID = "inference_api"
 
 
 @dataclass(frozen=True)
@@ -35,90 +34,60 @@ class PipelineConfig:
     inference_api_url: str | None
 
     @classmethod
-    def from_airflow(cls) -> PipelineConfig:
-        """Airflow connections first (the UI is where an operator changes them), then the
-        environment variables every setting in app.settings already knows."""
+    def from_settings(cls) -> PipelineConfig:
+        """From the environment (app.settings; /etc/mlops/airflow.env on the VM)."""
         client = DataClientSettings()
-        data_conn = _connection(DATA_API_CONN_ID)
-        group = client.group_number
-        if data_conn is not None and data_conn.extra_dejson.get("group_number") is not None:
-            group = int(data_conn.extra_dejson["group_number"])
-        db_conn = _connection(BATCHES_DB_CONN_ID)
-        mlflow_conn = _connection(MLFLOW_CONN_ID)
-        inference_conn = _connection(INFERENCE_API_CONN_ID)
-        batches_dsn = _postgres_dsn(db_conn) if db_conn else os.environ.get("BATCHES_DB_DSN")
-        if not batches_dsn:
-            raise RuntimeError(
-                f"no batches database: set the Airflow connection {BATCHES_DB_CONN_ID!r} "
-                "(AIRFLOW_CONN_BATCHES_DB) or BATCHES_DB_DSN"
-            )
         return cls(
-            batches_dsn=batches_dsn,
-            data_api_url=_http_url(data_conn) if data_conn else client.base_url,
-            group_number=group,
-            mlflow_tracking_uri=_http_url(mlflow_conn)
-            if mlflow_conn
-            else MlflowSettings().tracking_uri,
-            inference_api_url=_http_url(inference_conn)
-            if inference_conn
-            else InferenceClientSettings().base_url,
+            batches_dsn=BatchStoreSettings().dsn,
+            data_api_url=client.base_url,
+            group_number=client.group_number,
+            mlflow_tracking_uri=MlflowSettings().tracking_uri,
+            inference_api_url=InferenceClientSettings().base_url,
         )
 
 
-def _connection(conn_id: str) -> Any | None:
-    from airflow.sdk import BaseHook
-
-    try:
-        return BaseHook.get_connection(conn_id)
-    except Exception:  # AirflowNotFoundException: the setting falls back to the environment
-        return None
-
-
-def _postgres_dsn(conn: Any) -> str:
-    uri = str(conn.get_uri())
-    # Airflow writes postgres connections as "postgres://"; libpq accepts both spellings.
-    return "postgresql://" + uri.split("://", 1)[1].split("?", 1)[0]
-
-
-def _http_url(conn: Any) -> str:
-    scheme = "https" if conn.conn_type == "https" else "http"
-    host = conn.host or "127.0.0.1"
-    if "://" in host:  # a host entered as a full URL in the UI
-        return host.rstrip("/")
-    port = f":{conn.port}" if conn.port else ""
-    path = f"/{conn.schema.strip('/')}" if conn.schema else ""
-    return f"{scheme}://{host}{port}{path}"
-
-
 def fetch_batch(config: PipelineConfig) -> dict[str, Any]:
-    """Ask the data API for the group's current batch. Exhaustion is a normal result; real
-    errors (timeouts, 5xx, malformed answers) raise, so the task's retries apply."""
+    """Ask the data API for the group's current batch and save it as delivered in batches_db;
+    the result names the delivery, so the rows stay out of XCom. Exhaustion is a normal
+    result; real errors (timeouts, 5xx, malformed answers) raise, so the task's retries
+    apply."""
+    from app.batch_store.deliveries import save_delivery
+    from app.batch_store.migrations import apply_migrations
     from app.data_client import DataApiClient, Exhausted, Timeouts
 
     settings = DataClientSettings()
-    with DataApiClient(config.data_api_url, Timeouts.of(None, settings)) as client:
+    with DataApiClient(config.data_api_url, Timeouts.from_settings(settings)) as client:
         result = client.fetch_batch(config.group_number)
     if isinstance(result, Exhausted):
         log.info("data API has no new batch for group %s: %s", config.group_number, result.detail)
         return {"status": "exhausted", "group_number": config.group_number, "detail": result.detail}
+    # Cheap when the schema is current, and it lets a fresh database work without a manual step.
+    apply_migrations(config.batches_dsn)
+    delivery_id = save_delivery(
+        config.batches_dsn, result.group_number, result.batch_number, result.rows
+    )
     log.info(
-        "fetched batch %s of group %s: %d rows",
+        "fetched batch %s of group %s: %d rows, saved as delivery %s",
         result.batch_number,
         result.group_number,
         len(result.rows),
+        delivery_id,
     )
     return {
         "status": "new",
         "group_number": result.group_number,
         "batch_number": result.batch_number,
-        "rows": result.rows,
+        "rows": len(result.rows),
+        "delivery_id": delivery_id,
     }
 
 
 def store_batch(config: PipelineConfig, fetched: dict[str, Any]) -> dict[str, Any]:
-    """Validate and store the fetched rows in one transaction (nothing on failure)."""
-    from app.batch_store.ingest import ingest_batch
-    from app.batch_store.migrations import apply_migrations
+    """Validate and store the fetched delivery in one transaction (nothing on failure). The
+    group's deliveries that an earlier run saved but failed to store go first, oldest first,
+    so a batch fetched while the database was failing is not lost."""
+    from app.batch_store.deliveries import DeliveryNotFoundError, pending_deliveries
+    from app.batch_store.store import store_delivery
 
     if fetched.get("status") != "new":
         return {
@@ -126,14 +95,23 @@ def store_batch(config: PipelineConfig, fetched: dict[str, Any]) -> dict[str, An
             "new": 0,
             "detail": fetched.get("detail"),
         }
-    # Cheap when the schema is current, and it lets a fresh database work without a manual step.
-    apply_migrations(config.batches_dsn)
-    report = ingest_batch(
-        config.batches_dsn, fetched["group_number"], fetched["batch_number"], fetched["rows"]
-    )
-    summary = asdict(report)
-    summary["fetched_at"] = report.fetched_at.isoformat()
-    summary["status"] = "stored"
+    delivery_id = int(fetched["delivery_id"])
+    pending = pending_deliveries(config.batches_dsn, int(fetched["group_number"]))
+    if delivery_id not in pending:
+        raise DeliveryNotFoundError(
+            f"delivery {delivery_id} is not waiting to be stored: an earlier try of this task"
+            " stored it already (see batch_status), or it was never saved"
+        )
+    for earlier in pending[: pending.index(delivery_id)]:
+        late = store_delivery(config.batches_dsn, earlier)
+        log.warning(
+            "stored delivery %s (batch %s, %d new rows), left behind by an earlier run",
+            earlier,
+            late.batch_number,
+            late.new,
+        )
+    report = store_delivery(config.batches_dsn, delivery_id)
+    summary = report.as_dict() | {"status": "stored", "delivery_id": delivery_id}
     summary["missing_batches"] = warn_on_gap(config, report.group_number, report.batch_number)
     log.info(
         "batch %s: %d received, %d new, %d duplicate, %d rejected %s",
@@ -205,15 +183,15 @@ def register_and_promote(config: PipelineConfig, trained: dict[str, Any]) -> dic
     """Register the champion as a new version and move the production alias only if it beats
     the version the alias points to now on the current held-out rows."""
     from app.batch_store.read import load_rows
+    from app.pipeline.registry import register_and_promote as register
     from app.pipeline.run import TrainedRun
-    from app.pipeline.run import register_and_promote as promote
 
     run = TrainedRun.from_dict(trained)
     holdout = load_rows(config.batches_dsn, "holdout", group_number=run.group_number)
-    decision = promote(
+    result = register(
         run, holdout, mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri)
     )
-    return decision
+    return result.to_dict()
 
 
 def reload_inference_api(config: PipelineConfig, promotion: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,25 @@ def connect(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@contextlib.contextmanager
+def session(uri: str) -> Iterator[MlflowClient]:
+    """Connect (failing fast when the server is down), scope MLflow's global URI to this call,
+    and turn any error raised while the server has gone away into MlflowUnavailableError."""
+    client = connect(uri)
+    try:
+        with tracking_uri(uri):
+            yield client
+    except MlflowUnavailableError:
+        raise
+    except Exception as exc:
+        if not reachable(uri):
+            raise MlflowUnavailableError(
+                f"MLflow tracking server {uri} stopped answering during the run "
+                f"({type(exc).__name__}: {exc}); the production alias was not touched"
+            ) from exc
+        raise
+
+
 def ensure_experiment(client: MlflowClient, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:

@@ -9,7 +9,7 @@
   registered by the pipeline's own code (app.pipeline.run_training) in the real MLflow server,
   and `python -m app.inference` serving alias production as its own process.
 - `batches_store`: a fresh batches_db with two groups' batches ingested by
-  app.batch_store.ingest, read by the UI through a role that may only SELECT the two views.
+  app.batch_store.store, read by the UI through a role that may only SELECT the two views.
 """
 
 from __future__ import annotations
@@ -166,8 +166,8 @@ def reader_dsn(postgres: PostgresServer, dsn: str) -> str:
 def batches_store(batches_dsn: str, postgres: PostgresServer) -> BatchesStore:
     """Group 1: batches 1 and 2 (batch 2 fetched twice, the second time with 3 broken rows);
     group 2: batch 1 only."""
-    from app.batch_store.ingest import ingest_batch
     from app.batch_store.migrations import apply_migrations
+    from app.batch_store.store import store_batch
 
     apply_migrations(batches_dsn)
     rows = sample_rows()
@@ -182,5 +182,5 @@ def batches_store(batches_dsn: str, postgres: PostgresServer) -> BatchesStore:
         (2, 1, rows[700:900]),
     ]
     for group, batch, delivered in deliveries:
-        ingest_batch(batches_dsn, group, batch, delivered)
+        store_batch(batches_dsn, group, batch, delivered)
     return BatchesStore(batches_dsn, reader_dsn(postgres, batches_dsn), deliveries)

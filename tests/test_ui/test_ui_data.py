@@ -120,7 +120,7 @@ async def test_a_skipped_batch_number_shows_a_warning(
 ) -> None:
     """Group 3 got batches 1, 2 and 6 (a data API that moved on while the pipeline was away,
     even one delivery of batch 6 whose rows were all duplicates counts); group 4 got 1 and 2."""
-    from app.batch_store.ingest import ingest_batch
+    from app.batch_store.store import store_batch
 
     apply_migrations(batches_dsn)
     rows = sample_rows()
@@ -131,7 +131,7 @@ async def test_a_skipped_batch_number_shows_a_warning(
         (4, 1, rows[600:700]),
         (4, 2, rows[700:800]),
     ]:
-        ingest_batch(batches_dsn, group, batch, delivered)
+        store_batch(batches_dsn, group, batch, delivered)
     user = await ui_user(BATCHES_DB_DSN=reader_dsn(postgres, batches_dsn))
     await user.open("/data")
     await user.should_see(marker="batch-gap", retries=SEE_RETRIES)

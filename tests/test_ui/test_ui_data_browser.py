@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.batch_store.ingest import ingest_batch
 from app.batch_store.migrations import apply_migrations
+from app.batch_store.store import store_batch
 from tests.servers import PostgresServer, free_port, wait_for
 from tests.test_ui.conftest import reader_dsn
 from tests.test_ui.support import ARTIFACTS, REPO_ROOT, closed_url, sample_rows
@@ -32,7 +32,7 @@ def ui_with_a_gap(batches_dsn: str, postgres: PostgresServer, tmp_path: Path) ->
     apply_migrations(batches_dsn)
     rows = sample_rows()
     for batch, delivered in ((1, rows[0:300]), (2, rows[300:600]), (6, rows[600:900])):
-        ingest_batch(batches_dsn, 5, batch, delivered)
+        store_batch(batches_dsn, 5, batch, delivered)
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

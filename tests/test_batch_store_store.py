@@ -15,7 +15,15 @@ from functools import cache
 import psycopg2
 import pytest
 
-from app.batch_store import IngestError, IngestReport, apply_migrations, ingest_batch
+from app.batch_store import (
+    DeliveryNotFoundError,
+    StoreError,
+    StoreReport,
+    apply_migrations,
+    save_delivery,
+    store_batch,
+    store_delivery,
+)
 from app.batch_store.read import batch_statistics, batch_totals
 from app.batch_store.validation import is_holdout, row_hash
 from app.covertype import COLUMNS
@@ -84,10 +92,10 @@ def status(dsn: str, group: int, batch_number: int) -> dict[str, object]:
 
 def test_a_full_real_batch_is_stored(store: str) -> None:
     rows = batch(1)
-    report = ingest_batch(store, 1, 1, rows, fetched_at=T0)
+    report = store_batch(store, 1, 1, rows, fetched_at=T0)
     assert (report.received, report.new, report.duplicate, report.rejected) == (BATCH, BATCH, 0, 0)
     assert report.reasons == {}
-    assert report.has_new_rows
+    assert report.new > 0
     assert report.as_dict()["fetched_at"] == T0.isoformat()
     json.dumps(report.as_dict())  # fit for an Airflow XCom
     assert counts(store) == (BATCH, 0, 1)
@@ -111,10 +119,10 @@ def test_a_full_real_batch_is_stored(store: str) -> None:
 
 def test_the_same_batch_twice_stores_nothing_twice(store: str) -> None:
     rows = batch(1)
-    ingest_batch(store, 1, 1, rows, fetched_at=T0)
-    again = ingest_batch(store, 1, 1, rows, fetched_at=T0 + timedelta(minutes=5))
+    store_batch(store, 1, 1, rows, fetched_at=T0)
+    again = store_batch(store, 1, 1, rows, fetched_at=T0 + timedelta(minutes=5))
     assert (again.received, again.new, again.duplicate, again.rejected) == (BATCH, 0, BATCH, 0)
-    assert not again.has_new_rows
+    assert again.new == 0
     assert counts(store) == (BATCH, 0, 1)
     assert status(store, 1, 1) == {
         "fetches": 2,
@@ -132,11 +140,11 @@ def test_the_same_batch_twice_stores_nothing_twice(store: str) -> None:
 def test_duplicates_inside_one_payload_and_across_batches(store: str) -> None:
     first = batch(1)
     payload = first[:100] + first[:10] + first[50:60]
-    report = ingest_batch(store, 1, 1, payload, fetched_at=T0)
+    report = store_batch(store, 1, 1, payload, fetched_at=T0)
     assert (report.received, report.new, report.duplicate) == (120, 100, 20)
     # A later batch that repeats part of an earlier one (the course server's quirk).
     mixed = first[90:100] + batch(2)[:40]
-    report2 = ingest_batch(store, 1, 2, mixed, fetched_at=T0 + timedelta(minutes=5))
+    report2 = store_batch(store, 1, 2, mixed, fetched_at=T0 + timedelta(minutes=5))
     assert (report2.new, report2.duplicate) == (40, 10)
     assert query(
         store, "SELECT batch_number, count(*) FROM covertype_rows GROUP BY 1 ORDER BY 1"
@@ -145,8 +153,8 @@ def test_duplicates_inside_one_payload_and_across_batches(store: str) -> None:
 
 def test_groups_are_separate_namespaces_with_the_same_split(store: str) -> None:
     rows = batch(1)[:500]
-    ingest_batch(store, 1, 1, rows, fetched_at=T0)
-    report = ingest_batch(store, 2, 1, list(reversed(rows)), fetched_at=T0)
+    store_batch(store, 1, 1, rows, fetched_at=T0)
+    report = store_batch(store, 2, 1, list(reversed(rows)), fetched_at=T0)
     assert (report.new, report.duplicate) == (500, 0)
     pairs = query(
         store,
@@ -202,7 +210,7 @@ def test_rejected_rows_are_kept_with_their_reason(
     bad = make_bad(batch(1)[7])
     rows[7] = bad
     rows[150] = bad
-    report = ingest_batch(store, 3, 4, rows, fetched_at=T0)
+    report = store_batch(store, 3, 4, rows, fetched_at=T0)
     assert (report.received, report.new, report.duplicate, report.rejected) == (200, 198, 0, 2)
     assert report.reasons == {kind: 2}
     kept = query(
@@ -223,7 +231,7 @@ def test_odd_raw_values_are_stored_without_failing_the_batch(store: str) -> None
         None,
         [1] * 13,
     ]
-    report = ingest_batch(store, 1, 1, good + odd, fetched_at=T0)
+    report = store_batch(store, 1, 1, good + odd, fetched_at=T0)
     assert (report.new, report.rejected) == (10, 4)
     kept = [r[0] for r in query(store, "SELECT raw_row FROM rejected_rows ORDER BY row_index")]
     assert kept[0][:4] == ["\ufffdnul", "?", "nan", {"a": [1, None]}]
@@ -231,7 +239,7 @@ def test_odd_raw_values_are_stored_without_failing_the_batch(store: str) -> None
 
 
 def test_an_empty_payload_is_recorded(store: str) -> None:
-    report = ingest_batch(store, 1, 1, [], fetched_at=T0)
+    report = store_batch(store, 1, 1, [], fetched_at=T0)
     assert (report.received, report.new, report.rejected) == (0, 0, 0)
     assert status(store, 1, 1)["fetches"] == 1
     assert counts(store) == (0, 0, 1)
@@ -260,7 +268,7 @@ def payload_with_rejects() -> list[object]:
 
 
 def test_failure_midway_through_the_rows_stores_nothing(store: str) -> None:
-    ingest_batch(store, 1, 1, batch(1), fetched_at=T0)
+    store_batch(store, 1, 1, batch(1), fetched_at=T0)
     before = (counts(store), status(store, 1, 1))
     # The 3,000th row of the insert fails inside PostgreSQL, after COPY succeeded.
     add_trigger(
@@ -270,8 +278,8 @@ def test_failure_midway_through_the_rows_stores_nothing(store: str) -> None:
         "ROW",
         "IF nextval('injected_seq') >= 3000 THEN RAISE EXCEPTION 'injected at row 3000'; END IF",
     )
-    with pytest.raises(IngestError, match="batch 2 of group 1 failed .*injected at row 3000"):
-        ingest_batch(store, 1, 2, payload_with_rejects(), fetched_at=T0)
+    with pytest.raises(StoreError, match="batch 2 of group 1 failed .*injected at row 3000"):
+        store_batch(store, 1, 2, payload_with_rejects(), fetched_at=T0)
     assert (counts(store), status(store, 1, 1)) == before
     assert query(store, "SELECT count(*) FROM covertype_rows WHERE batch_number = 2") == [(0,)]
 
@@ -285,8 +293,8 @@ def test_failure_at_the_last_step_stores_nothing(store: str) -> None:
         "ROW",
         "RAISE EXCEPTION 'injected in batch_status'",
     )
-    with pytest.raises(IngestError, match="injected in batch_status"):
-        ingest_batch(store, 1, 2, payload_with_rejects(), fetched_at=T0)
+    with pytest.raises(StoreError, match="injected in batch_status"):
+        store_batch(store, 1, 2, payload_with_rejects(), fetched_at=T0)
     assert counts(store) == (0, 0, 0)
 
 
@@ -299,29 +307,29 @@ def test_connection_killed_midway_stores_nothing(store: str) -> None:
         "STATEMENT",
         "PERFORM pg_terminate_backend(pg_backend_pid())",
     )
-    with pytest.raises(IngestError, match="rolled back.*server closed the connection"):
-        ingest_batch(store, 1, 2, payload_with_rejects(), fetched_at=T0)
+    with pytest.raises(StoreError, match="rolled back.*server closed the connection"):
+        store_batch(store, 1, 2, payload_with_rejects(), fetched_at=T0)
     assert counts(store) == (0, 0, 0)
 
 
 def test_missing_schema_says_how_to_fix_it(batches_dsn: str) -> None:
-    with pytest.raises(IngestError, match="python -m app.batch_store migrate"):
-        ingest_batch(batches_dsn, 1, 1, batch(1)[:5])
+    with pytest.raises(StoreError, match="python -m app.batch_store migrate"):
+        store_batch(batches_dsn, 1, 1, batch(1)[:5])
 
 
 def test_arguments_are_checked(store: str) -> None:
     with pytest.raises(ValueError, match="group_number"):
-        ingest_batch(store, 0, 1, [])
+        store_batch(store, 0, 1, [])
     with pytest.raises(ValueError, match="batch_number"):
-        ingest_batch(store, 1, -1, [])
+        store_batch(store, 1, -1, [])
     with pytest.raises(ValueError, match="timezone"):
-        ingest_batch(store, 1, 1, [], fetched_at=datetime(2026, 1, 1))
+        store_batch(store, 1, 1, [], fetched_at=datetime(2026, 1, 1))
 
 
 def test_a_caller_connection_is_used_and_left_open(store: str) -> None:
     conn = psycopg2.connect(store)
     try:
-        report = ingest_batch(conn, 1, 1, batch(1)[:20], fetched_at=T0)
+        report = store_batch(conn, 1, 1, batch(1)[:20], fetched_at=T0)
         assert report.new == 20
         assert not conn.closed
         with conn.cursor() as cur:
@@ -330,7 +338,7 @@ def test_a_caller_connection_is_used_and_left_open(store: str) -> None:
         conn.rollback()
         conn.autocommit = True
         with pytest.raises(ValueError, match="autocommit"):
-            ingest_batch(conn, 1, 1, batch(1)[:20])
+            store_batch(conn, 1, 1, batch(1)[:20])
     finally:
         conn.close()
     assert counts(store) == (20, 0, 1)
@@ -338,7 +346,7 @@ def test_a_caller_connection_is_used_and_left_open(store: str) -> None:
 
 def test_split_is_deterministic_and_about_a_fifth(store: str) -> None:
     rows = batch(1)
-    ingest_batch(store, 1, 1, rows, fetched_at=T0)
+    store_batch(store, 1, 1, rows, fetched_at=T0)
     stored = query(
         store,
         f"SELECT {', '.join(c.lower() for c in COLUMNS)}, is_holdout FROM covertype_rows",
@@ -348,7 +356,7 @@ def test_split_is_deterministic_and_about_a_fifth(store: str) -> None:
     share = sum(expected.values()) / len(expected)
     assert 0.18 < share < 0.22
     # Stored again in another order and batch (another group), every row keeps its split.
-    ingest_batch(store, 2, 7, list(reversed(rows)), fetched_at=T0)
+    store_batch(store, 2, 7, list(reversed(rows)), fetched_at=T0)
     assert query(
         store,
         "SELECT count(*) FROM covertype_rows a JOIN covertype_rows b USING (row_hash)"
@@ -358,10 +366,10 @@ def test_split_is_deterministic_and_about_a_fifth(store: str) -> None:
 
 def test_batch_statistics_and_totals(store: str) -> None:
     first, second = batch(1), batch(2)
-    ingest_batch(store, 1, 1, first, fetched_at=T0)
-    ingest_batch(store, 1, 1, first[:1000], fetched_at=T0 + timedelta(minutes=1))
+    store_batch(store, 1, 1, first, fetched_at=T0)
+    store_batch(store, 1, 1, first[:1000], fetched_at=T0 + timedelta(minutes=1))
     with_bad: list[object] = list(second[:3000]) + [second[0][:3], ["x"] * 13]
-    ingest_batch(store, 1, 2, with_bad, fetched_at=T0 + timedelta(minutes=5))
+    store_batch(store, 1, 2, with_bad, fetched_at=T0 + timedelta(minutes=5))
 
     stats = batch_statistics(store, 1)
     assert [(s["group_number"], s["batch_number"]) for s in stats] == [(1, 1), (1, 2)]
@@ -402,13 +410,13 @@ def test_concurrent_ingests_of_overlapping_payloads_do_not_deadlock(store: str) 
     rows = batch(1)[:3000]
     payloads = [rows, list(reversed(rows))]
     barrier = threading.Barrier(2)
-    reports: list[IngestReport] = []
+    reports: list[StoreReport] = []
     errors: list[BaseException] = []
 
     def run(payload: list[list[str]]) -> None:
         try:
             barrier.wait()
-            reports.append(ingest_batch(store, 1, 1, payload, fetched_at=T0))
+            reports.append(store_batch(store, 1, 1, payload, fetched_at=T0))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -421,3 +429,47 @@ def test_concurrent_ingests_of_overlapping_payloads_do_not_deadlock(store: str) 
     assert sorted((r.new, r.duplicate) for r in reports) == [(0, 3000), (3000, 0)]
     assert counts(store) == (3000, 0, 1)
     assert status(store, 1, 1)["fetches"] == 2
+
+
+# --- deliveries: the DAG's fetch_batch saves a batch, store_batch stores it by id ---------
+
+
+def deliveries(dsn: str) -> list[tuple]:
+    return query(dsn, "SELECT id, group_number, batch_number, row_count FROM batch_deliveries")
+
+
+def test_a_saved_delivery_is_stored_once_and_then_gone(store: str) -> None:
+    payload = payload_with_rejects()
+    delivery = save_delivery(store, 3, 2, payload, fetched_at=T0)
+    assert deliveries(store) == [(delivery, 3, 2, len(payload))]
+    report = store_delivery(store, delivery)
+    assert (report.group_number, report.batch_number, report.fetched_at) == (3, 2, T0)
+    # The rows came back from jsonb as delivered: the one truncated row is rejected.
+    assert (report.received, report.rejected) == (len(payload), 1)
+    assert report.new + report.duplicate == len(payload) - 1
+    assert counts(store)[1] == 1
+    assert deliveries(store) == []
+    with pytest.raises(DeliveryNotFoundError, match=f"delivery {delivery} is not in"):
+        store_delivery(store, delivery)
+
+
+def test_a_failed_store_keeps_the_delivery_for_the_next_try(store: str) -> None:
+    delivery = save_delivery(store, 1, 2, payload_with_rejects(), fetched_at=T0)
+    add_trigger(
+        store,
+        "batch_status",
+        "BEFORE INSERT OR UPDATE",
+        "ROW",
+        "RAISE EXCEPTION 'injected in batch_status'",
+    )
+    with pytest.raises(StoreError, match="injected in batch_status"):
+        store_delivery(store, delivery)
+    assert counts(store) == (0, 0, 0)
+    assert [d[0] for d in deliveries(store)] == [delivery]
+    conn = psycopg2.connect(store)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP TRIGGER injected ON batch_status")
+    conn.close()
+    assert store_delivery(store, delivery).new > 0
+    assert deliveries(store) == []
