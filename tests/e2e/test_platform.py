@@ -23,10 +23,12 @@ import json
 import os
 import re
 import shutil
+import string
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from secrets import choice
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -425,6 +427,28 @@ def assert_no_secret_exposed() -> None:
         assert (mode, owner) == ("640", "root") and group != "root", line
 
 
+def check_admin_password_follows_the_secret(ansible_args: dict[str, str]) -> Airflow:
+    """A new password in the secrets folder becomes the existing admin's at the next
+    provisioning, which reports that one change and shows the password nowhere; the old
+    password no longer logs in."""
+    secret = SECRETS / "airflow-admin"
+    old = secret.read_text().strip()
+    new = "".join(choice(string.ascii_letters + string.digits) for _ in range(24))
+    secret.write_text(new + "\n")
+    machine("up", log="up-new-admin-password", env=ansible_args)
+    counters, changed = provision_recap()
+    assert counters["failed"] == 0, counters
+    assert changed == ["TASK [airflow : Set the password of the secrets folder for admin]"], changed
+
+    def login(password: str) -> int:
+        body = {"username": "admin", "password": password}
+        return httpx.post(f"{AIRFLOW}/auth/token", json=body, timeout=30).status_code
+
+    assert (login(new), login(old)) == (201, 401)
+    assert_no_secret_exposed()
+    return Airflow(new)
+
+
 def predict(record: dict[str, int | str]) -> dict[str, Any]:
     response = httpx.post(f"{INFERENCE}/predict", json=record, timeout=60)
     assert response.status_code == 200, f"/predict: {response.status_code} {response.text}"
@@ -642,6 +666,9 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
         phases.notes["repeat_recap"] = counters
         assert counters["failed"] == 0, counters
         assert counters["changed"] == 0, f"a second site.yml changed: {changed}"
+
+        with phases("airflow_admin_password_follows_the_secret"):
+            airflow = check_admin_password_follows_the_secret(ansible_args)
 
         with phases("quiesce_and_snapshot"):
             # Paused, nothing new is scheduled; tasks already running finish. Then the data
