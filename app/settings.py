@@ -193,6 +193,19 @@ class InferenceSettings:
         default_factory=lambda: _env_int("INFERENCE_MLFLOW_HTTP_TIMEOUT", 60, minimum=1)
     )
     access_log: bool = field(default_factory=lambda: _env_bool("INFERENCE_ACCESS_LOG", False))
+    # Bearer token of the requests that change state (POST /model/reload). None: they are
+    # refused (401) to everyone; the platform always sets one.
+    admin_token: str | None = field(default_factory=lambda: _env_optional("INFERENCE_API_TOKEN"))
+    # true: POST /predict needs an API key (X-API-Key: one of api_keys, or the admin token).
+    require_api_key: bool = field(
+        default_factory=lambda: _env_bool("INFERENCE_REQUIRE_API_KEY", False)
+    )
+    # Comma-separated API keys for /predict (used only when require_api_key is true).
+    api_keys: tuple[str, ...] = field(
+        default_factory=lambda: tuple(
+            k.strip() for k in _env("INFERENCE_API_KEYS", "").split(",") if k.strip()
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -262,6 +275,18 @@ class UiSettings:
     port: int = field(default_factory=lambda: _env_int("UI_PORT", 8503, minimum=1))
     inference_api_url: str = field(default_factory=_inference_api_url)
     mlflow_tracking_uri: str = field(default_factory=_tracking_uri)
+    # The UI's MLflow login (READ on the model and its experiment), the names MLflow's own
+    # client reads; None: anonymous, which MLflow's basic-auth app refuses.
+    mlflow_username: str | None = field(
+        default_factory=lambda: _env_optional("MLFLOW_TRACKING_USERNAME")
+    )
+    mlflow_password: str | None = field(
+        default_factory=lambda: _env_optional("MLFLOW_TRACKING_PASSWORD")
+    )
+    # The inference API's admin token, sent with the reload button's request.
+    inference_api_token: str | None = field(
+        default_factory=lambda: _env_optional("INFERENCE_API_TOKEN")
+    )
     model_name: str = field(default_factory=_model_name)
     model_alias: str = field(default_factory=_model_alias)
     # A read-only role: SELECT on the batch_statistics and batch_totals views only.
@@ -303,6 +328,8 @@ class InferenceClientSettings:
 
     # Unset: no inference API to tell (the API follows the alias by itself anyway).
     base_url: str | None = field(default_factory=lambda: _env("INFERENCE_API_URL", "") or None)
+    # The API's admin token (POST /model/reload needs it).
+    admin_token: str | None = field(default_factory=lambda: _env_optional("INFERENCE_API_TOKEN"))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,12 @@ class InferenceClient:
         self.base_url = settings.inference_api_url.rstrip("/")
         self._timeout = (settings.http_connect_timeout, settings.http_read_timeout)
         self._reload_timeout = (settings.http_connect_timeout, settings.reload_timeout)
+        # The API's admin token: every request that changes state needs it.
+        self._admin = (
+            {"Authorization": f"Bearer {settings.inference_api_token}"}
+            if settings.inference_api_token
+            else {}
+        )
 
     def predict(self, record: dict[str, int | str]) -> dict[str, Any]:
         """The API's answer for one record: model_name, model_version, model_alias, backend
@@ -55,7 +61,9 @@ class InferenceClient:
         answer = http_call(
             SERVICE,
             self.base_url,
-            lambda: requests.post(f"{self.base_url}/model/reload", timeout=self._reload_timeout),
+            lambda: requests.post(
+                f"{self.base_url}/model/reload", headers=self._admin, timeout=self._reload_timeout
+            ),
         )
         if not isinstance(answer, dict):
             raise BackendError(SERVICE, "answered /model/reload with something unexpected")

@@ -58,13 +58,22 @@ class RegistryClient:
         self.base_url = settings.mlflow_tracking_uri.rstrip("/")
         self.name = settings.model_name
         self._timeout = (settings.http_connect_timeout, settings.http_read_timeout)
+        # MLflow's basic-auth app: the UI's own read-only account.
+        self._auth = (
+            (settings.mlflow_username, settings.mlflow_password or "")
+            if settings.mlflow_username
+            else None
+        )
 
     def _get(self, path: str, params: dict[str, Any]) -> Any:
         return http_call(
             SERVICE,
             self.base_url,
             lambda: requests.get(
-                f"{self.base_url}/api/2.0/mlflow/{path}", params=params, timeout=self._timeout
+                f"{self.base_url}/api/2.0/mlflow/{path}",
+                params=params,
+                auth=self._auth,
+                timeout=self._timeout,
             ),
         )
 
@@ -74,6 +83,7 @@ class RegistryClient:
             response = requests.get(
                 f"{self.base_url}/api/2.0/mlflow/registered-models/get",
                 params={"name": self.name},
+                auth=self._auth,
                 timeout=self._timeout,
             )
         except requests.RequestException as exc:

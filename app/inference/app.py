@@ -1,7 +1,8 @@
 """The inference API: Litestar app, routes and the watcher's lifespan.
 
 Routes: POST /predict, GET /model, POST /model/reload, GET /health, GET /ready; OpenAPI at
-/schema (JSON at /schema/openapi.json).
+/schema (JSON at /schema/openapi.json). POST /model/reload needs the admin token, /predict an
+API key only when INFERENCE_REQUIRE_API_KEY is true (app.inference.auth).
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from litestar import Controller, Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import (
     HTTPException,
+    NotAuthorizedException,
     NotFoundException,
+    PermissionDeniedException,
     ServiceUnavailableException,
     ValidationException,
 )
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Operation
+from litestar.openapi.spec import Components, Operation
 from litestar.params import Parameter
 
 from app.covertype import COVER_TYPES, FEATURE_COLUMNS
+from app.inference import auth
 from app.inference.backends import Backend
 from app.inference.model_holder import ModelHolder
 from app.inference.registry import (
@@ -173,16 +177,24 @@ def _holder(state: State) -> ModelHolder:
     return state.models  # type: ignore[no-any-return]
 
 
-def prediction_controller(predict_input: PredictInput) -> type[Controller]:
+def prediction_controller(
+    predict_input: PredictInput, settings: InferenceSettings | None = None
+) -> type[Controller]:
+    settings = settings or InferenceSettings()
+    keyed = settings.require_api_key
+
     class PredictionController(Controller):
         path = "/predict"
         tags = ["prediction"]
+        guards = auth.predict_guards(settings)
 
         @post(
             "/",
             status_code=200,
             operation_class=_operation_with_body(predict_input.body_schema),
-            raises=[ValidationException, ServiceUnavailableException],
+            raises=[ValidationException, ServiceUnavailableException]
+            + ([NotAuthorizedException, PermissionDeniedException] if keyed else []),
+            security=auth.PREDICT_SECURITY if keyed else None,
             summary="Predict the cover type of one record or a list of records",
             description=(
                 "Send one record (JSON object) or a list of 1 to "
@@ -190,6 +202,11 @@ def prediction_controller(predict_input: PredictInput) -> type[Controller]:
                 "its class number, class name and the probability of every class (keyed by "
                 "class name). One model version answers the whole request. 400 names the row, "
                 "field and reason of bad input; 503 means no model is loaded yet."
+                + (
+                    f" Needs an API key ({auth.API_KEY_HEADER}): 401 without, 403 with a wrong one."
+                    if keyed
+                    else ""
+                )
             ),
         )
         async def predict(self, request: Request[Any, Any, State]) -> PredictResponse:
@@ -229,12 +246,17 @@ class ModelController(Controller):
         status_code=200,
         raises=[
             ValidationException,
+            NotAuthorizedException,
+            PermissionDeniedException,
             NotFoundException,
             ServiceUnavailableException,
             BadGatewayException,
         ],
+        security=auth.ADMIN_SECURITY,
+        guards=[auth.require_admin],
         summary="Load a version now",
         description=(
+            "Needs the admin token (Authorization: Bearer): 401 without, 403 with another. "
             "Without parameters: load the version the configured alias points to and follow it. "
             "With `alias`: follow that alias instead. With `version`: load and pin that version "
             "(the watcher stops following an alias until the next reload without `version`). "
@@ -334,12 +356,14 @@ def create_app(
 
     return Litestar(
         route_handlers=[
-            prediction_controller(_predict_input(settings.max_rows, settings.batch_threads)),
+            prediction_controller(
+                _predict_input(settings.max_rows, settings.batch_threads), settings
+            ),
             ModelController,
             health,
             ready,
         ],
-        state=State({"models": holder}),
+        state=State({"models": holder, auth.STATE_KEY: settings}),
         # A record is about 330 bytes of JSON; room for max_rows of them, 10 MB at least.
         request_max_body_size=max(10 * 2**20, settings.max_rows * 1024),
         lifespan=[watcher],
@@ -351,7 +375,7 @@ def create_app(
             # A server error is logged with its traceback; a client mistake or "no model yet"
             # is answered, not logged.
             log_exceptions="always",
-            disable_stack_trace={400, 404, 405, 413, 502, 503},
+            disable_stack_trace={400, 401, 403, 404, 405, 413, 502, 503},
         ),
         openapi_config=OpenAPIConfig(
             title="Forest cover inference API",
@@ -361,5 +385,6 @@ def create_app(
                 "and follows the alias."
             ),
             path="/schema",
+            components=Components(security_schemes=auth.SECURITY_SCHEMES),
         ),
     )

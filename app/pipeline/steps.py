@@ -202,8 +202,11 @@ def reload_inference_api(config: PipelineConfig, promotion: dict[str, Any]) -> d
     if not config.inference_api_url:
         return {"reloaded": False, "reason": "no inference API configured"}
     url = f"{config.inference_api_url.rstrip('/')}/model/reload"
+    token = InferenceClientSettings().admin_token
     try:
-        response = requests.post(url, timeout=(3, 60))
+        response = requests.post(
+            url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=(3, 60)
+        )
     except requests.RequestException as exc:
         log.warning("inference API reload failed (%s); it will follow the alias itself", exc)
         return {"reloaded": False, "reason": f"{type(exc).__name__}: {exc}"}

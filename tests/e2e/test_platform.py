@@ -283,8 +283,17 @@ class Airflow:
         return "Airflow task instances: unavailable"
 
 
+def mlflow_login(user: str = "admin") -> tuple[str, str]:
+    """An MLflow login generated into the secrets folder: the admin or a service account
+    (mlops-pipeline, mlops-inference, mlops-ui; secret files mlflow-<name>)."""
+    secret = "mlflow-admin" if user == "admin" else f"mlflow-{user.removeprefix('mlops-')}"
+    return user, (SECRETS / secret).read_text().strip()
+
+
 def mlflow_json(path: str, method: str = "GET", **kwargs: Any) -> Any:
-    response = httpx.request(method, f"{MLFLOW}/api/2.0/mlflow/{path}", timeout=30, **kwargs)
+    response = httpx.request(
+        method, f"{MLFLOW}/api/2.0/mlflow/{path}", timeout=30, auth=mlflow_login(), **kwargs
+    )
     response.raise_for_status()
     return response.json()
 
@@ -293,6 +302,7 @@ def production_version() -> str | None:
     response = httpx.get(
         f"{MLFLOW}/api/2.0/mlflow/registered-models/alias",
         params={"name": MODEL_NAME, "alias": ALIAS},
+        auth=mlflow_login(),
         timeout=30,
     )
     if response.status_code == 404:
@@ -421,7 +431,9 @@ def assert_no_secret_exposed() -> None:
         if value in text
     ]
     assert not leaks, leaks
-    modes = ssh("stat -c '%a %U %G %n' /etc/mlops/*.env /etc/mlops/airflow.cfg").stdout
+    modes = ssh(
+        "stat -c '%a %U %G %n' /etc/mlops/*.env /etc/mlops/mlflow-auth.ini /etc/mlops/airflow.cfg"
+    ).stdout
     for line in modes.splitlines():
         mode, owner, group, path = line.split()
         assert (mode, owner) == ("640", "root") and group != "root", line
@@ -447,6 +459,49 @@ def check_admin_password_follows_the_secret(ansible_args: dict[str, str]) -> Air
     assert (login(new), login(old)) == (201, 401)
     assert_no_secret_exposed()
     return Airflow(new)
+
+
+def check_logins(version: str) -> None:
+    """MLflow answers nobody anonymous; each service account logs in with the password of the
+    secrets folder and can do what its grants say, no more; the inference API's reload needs
+    the generated token."""
+    anonymous = httpx.get(f"{MLFLOW}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+    assert anonymous.status_code == 401, anonymous.status_code
+    assert httpx.get(f"{MLFLOW}/health", timeout=30).status_code == 200
+    for user in ("admin", "mlops-pipeline", "mlops-inference", "mlops-ui"):
+        me = httpx.get(
+            f"{MLFLOW}/api/2.0/mlflow/users/current", auth=mlflow_login(user), timeout=30
+        )
+        assert me.status_code == 200, (user, me.status_code)
+        wrong = httpx.get(
+            f"{MLFLOW}/api/2.0/mlflow/users/current", auth=(user, "not-the-password"), timeout=30
+        )
+        assert wrong.status_code == 401, (user, wrong.status_code)
+    alias = {"name": MODEL_NAME, "alias": ALIAS, "version": version}
+    for user in ("mlops-inference", "mlops-ui"):
+        moved = httpx.post(
+            f"{MLFLOW}/api/2.0/mlflow/registered-models/alias",
+            json=alias,
+            auth=mlflow_login(user),
+            timeout=30,
+        )
+        assert moved.status_code == 403, (user, moved.status_code)
+    deleted = httpx.request(
+        "DELETE",
+        f"{MLFLOW}/api/2.0/mlflow/model-versions/delete",
+        json={"name": MODEL_NAME, "version": version},
+        auth=mlflow_login("mlops-pipeline"),
+        timeout=30,
+    )
+    assert deleted.status_code == 403, deleted.status_code
+    assert production_version() == version
+    token = (SECRETS / "inference-api-token").read_text().strip()
+    assert httpx.post(f"{INFERENCE}/model/reload", timeout=60).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert httpx.post(f"{INFERENCE}/model/reload", headers=wrong, timeout=60).status_code == 403
+    right = {"Authorization": f"Bearer {token}"}
+    reload = httpx.post(f"{INFERENCE}/model/reload", headers=right, timeout=300)
+    assert reload.status_code == 200, reload.text
 
 
 def predict(record: dict[str, int | str]) -> dict[str, Any]:
@@ -656,6 +711,9 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
             assert prediction["cover_type"] in range(1, 8)
             assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-3
         mlops_status("after-promotion")
+
+        with phases("logins_and_least_privilege"):
+            check_logins(version)
 
         with phases("ui_predicts_in_chromium"):
             predict_in_browser(record, answer)

@@ -18,6 +18,9 @@ from tests.test_inference.models import Registered
 
 SAMPLE_CSV = Path(__file__).resolve().parents[2] / "data" / "covertype-sample.csv"
 TRAIN_ROWS = 4000
+# The admin token of every API these tests start (INFERENCE_API_TOKEN): reloads send it.
+ADMIN_TOKEN = uuid.uuid4().hex + uuid.uuid4().hex
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,18 @@ def settings_for(tracking_uri: str, name: str, **overrides: object) -> Inference
         model_name=name,
         model_alias="production",
         poll_interval_seconds=0.2,
+        admin_token=ADMIN_TOKEN,
     )
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
 def api_client(settings: InferenceSettings, *, wait_ready: bool = True) -> Iterator[TestClient]:
-    """The app in-process (Litestar's TestClient runs its lifespan, so the watcher runs)."""
+    """The app in-process (Litestar's TestClient runs its lifespan, so the watcher runs).
+    Its requests carry the admin token (tests/test_inference/test_inference_auth.py checks
+    what happens without)."""
     with TestClient(create_app(settings), timeout=120) as client:
+        client.headers.update(ADMIN_HEADERS)
         if wait_ready:
             wait_until(lambda: client.get("/ready").status_code == 200, "the API to be ready")
         yield client
@@ -84,7 +91,8 @@ def records(frame: pd.DataFrame) -> list[dict[str, object]]:
 @contextlib.contextmanager
 def api_process(env: dict[str, str], log: Path) -> Iterator[str]:
     """`python -m app.inference` as its own process (uvicorn), the way the unit runs it;
-    yields its base URL. The environment is exactly `env` plus PATH: no S3 credentials."""
+    yields its base URL. The environment is exactly `env` plus PATH and the admin token
+    (ADMIN_TOKEN, unless `env` gives one): no S3 credentials."""
     import os
     import signal
     import subprocess
@@ -98,6 +106,7 @@ def api_process(env: dict[str, str], log: Path) -> Iterator[str]:
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "INFERENCE_API_HOST": "127.0.0.1",
         "INFERENCE_API_PORT": str(port),
+        "INFERENCE_API_TOKEN": ADMIN_TOKEN,
         **env,
     }
     repo = Path(__file__).resolve().parents[2]

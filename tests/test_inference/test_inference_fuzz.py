@@ -19,7 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from tests.test_inference.support import Frames, Versions, api_process, record, wait_until
+from tests.test_inference.support import (
+    ADMIN_HEADERS,
+    ADMIN_TOKEN,
+    Frames,
+    Versions,
+    api_process,
+    record,
+    wait_until,
+)
 
 FUZZ = settings(
     max_examples=150,
@@ -74,6 +82,8 @@ def _request(method: str, target: bytes, body: bytes = b"") -> bytes:
         f"{method} ".encode()
         + target
         + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        # The admin token: the fuzzed reloads reach the handler, not only the guard.
+        + f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
     )
 
@@ -246,7 +256,7 @@ def test_the_model_still_answers_correctly_after_the_fuzzing(
     port: int, versions: Versions, frames: Frames, tracking_uri: str
 ) -> None:
     # A reload fuzzed with a real version number pins it; follow the alias again.
-    reset = httpx.post(f"http://127.0.0.1:{port}/model/reload", timeout=120)
+    reset = httpx.post(f"http://127.0.0.1:{port}/model/reload", headers=ADMIN_HEADERS, timeout=120)
     assert reset.status_code == 200, reset.text
     answer = httpx.post(f"http://127.0.0.1:{port}/predict", json=record(frames.holdout, 3))
     assert answer.status_code == 200

@@ -19,6 +19,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from app.inference.app import create_app
 from app.settings import InferenceSettings
 from tests.test_inference.support import (
+    ADMIN_HEADERS,
     Frames,
     Versions,
     api_process,
@@ -114,7 +115,9 @@ def test_process_follows_the_alias_and_stops_cleanly(
         )
         answer = httpx.post(f"{url}/predict", json=record(frames.holdout)).json()
         assert answer["model_version"] == second.version
-        reload = httpx.post(f"{url}/model/reload", params={"version": first.version})
+        reload = httpx.post(
+            f"{url}/model/reload", params={"version": first.version}, headers=ADMIN_HEADERS
+        )
         assert reload.status_code == 200 and reload.json()["model"]["version"] == first.version
     # api_process asserts a clean exit on SIGTERM; the log tells the story of the swaps.
     text = log.read_text()

@@ -11,6 +11,7 @@ import pandas as pd
 
 from app.covertype import COLUMNS
 from tests.servers import free_port
+from tests.test_inference.support import ADMIN_TOKEN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAIN_FILE = REPO_ROOT / "ui" / "__main__.py"
@@ -35,6 +36,9 @@ UI_VARIABLES = (
     "UI_RELOAD_TIMEOUT",
     "UI_DB_CONNECT_TIMEOUT",
     "UI_STORAGE_SECRET",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "INFERENCE_API_TOKEN",
 )
 
 
@@ -93,6 +97,9 @@ class Served:
             "INFERENCE_API_URL": self.api_url,
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MLFLOW_REGISTERED_MODEL": self.name,
+            # The API's admin token (tests/test_inference/support.py starts it with this one):
+            # the reload button sends it.
+            "INFERENCE_API_TOKEN": ADMIN_TOKEN,
         }
 
 

@@ -18,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from nicegui.testing import User
 
+from tests.test_inference.support import ADMIN_HEADERS
 from tests.test_ui.conftest import StartUser
 from tests.test_ui.support import ALIAS, SEE_RETRIES, Served, SilentServer, closed_url
 from ui.model_page import when
@@ -50,7 +51,7 @@ def production_on_promoted(served: Served) -> Iterator[Served]:
 
     def restore() -> None:
         registry(served).set_registered_model_alias(served.name, ALIAS, served.promoted)
-        response = httpx.post(f"{served.api_url}/model/reload", timeout=300)
+        response = httpx.post(f"{served.api_url}/model/reload", headers=ADMIN_HEADERS, timeout=300)
         assert response.status_code == 200, response.text
         assert response.json()["model"]["version"] == served.promoted
 
