@@ -38,8 +38,8 @@ test-only:
 	$(PY) -m pytest
 
 lint: $(LOCK_STAMP)
-	$(VENV)/bin/ruff check app ui dags tests benchmarks
-	$(VENV)/bin/ruff format --check app ui dags tests benchmarks
+	$(VENV)/bin/ruff check app ui dags tests benchmarks ansible/filter_plugins
+	$(VENV)/bin/ruff format --check app ui dags tests benchmarks ansible/filter_plugins
 
 lock:
 	scripts/lock.sh

@@ -1,0 +1,94 @@
+"""Services on several hosts, as Ansible derives them from an inventory
+(group_vars/all/placement.yml with ansible/filter_plugins/placement.py): one host keeps
+everything on loopback; the lab's three hosts open each port to exactly its callers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO_ROOT
+
+ANSIBLE = REPO_ROOT / "ansible"
+PORTS = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "ports.yml").read_text())
+FACTS = [
+    "mlops_listen",
+    "common_firewall_private_ports",
+    "postgresql_hba_entries",
+    "postgresql_listen_addresses",
+    "mysql_bind_address",
+    "mysql_user_hosts",
+]
+ANSIBLE_BIN = Path(sys.executable).parent / "ansible"
+
+
+def placement(inventory: str, host: str) -> dict[str, object]:
+    """The placement facts of one host, as the playbook would see them (no connection)."""
+    expression = "{{ {" + ", ".join(f"'{f}': {f}" for f in FACTS) + "} | to_json }}"
+    result = subprocess.run(
+        [ANSIBLE_BIN, "-i", f"inventories/{inventory}/hosts.yml", host,
+         "-m", "ansible.builtin.debug", "-a", f"msg={expression}", "-o"],
+        cwd=ANSIBLE, env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg")},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    return json.loads(json.loads(line.split("=>", 1)[1])["msg"])
+
+
+def test_one_host_keeps_every_backend_on_loopback() -> None:
+    facts = placement("local", "mlops-local")
+    assert set(facts["mlops_listen"].values()) == {"127.0.0.1"}
+    assert facts["common_firewall_private_ports"] == []
+    assert facts["postgresql_hba_entries"] == []
+    assert facts["postgresql_listen_addresses"] == "localhost"
+    assert facts["mysql_bind_address"] == "127.0.0.1"
+    assert facts["mysql_user_hosts"] == ["localhost", "127.0.0.1"]
+
+
+@pytest.fixture(scope="module")
+def lab() -> dict[str, dict[str, object]]:
+    hosts = yaml.safe_load((ANSIBLE / "inventories" / "lab" / "hosts.yml").read_text())
+    return {name: placement("lab", name) for name in hosts["all"]["children"]["mlops"]["hosts"]}
+
+
+def rules(facts: dict[str, object]) -> dict[int, list[str]]:
+    return {r["port"]: r["sources"] for r in facts["common_firewall_private_ports"]}
+
+
+def test_the_lab_opens_each_private_port_to_exactly_its_callers(lab) -> None:
+    data, control, serve = "10.77.0.11", "10.77.0.12", "10.77.0.13"
+    assert rules(lab["lab-data"]) == {
+        PORTS["postgresql_port"]: [control, serve],  # Airflow and MLflow's users; the UI
+        PORTS["mysql_port"]: [control],  # MLflow
+        PORTS["minio_api_port"]: [control],  # MLflow's artifact proxy
+        PORTS["minio_console_port"]: [serve],  # the TLS proxy
+    }
+    assert rules(lab["lab-control"]) == {
+        PORTS["mlflow_port"]: [serve],  # the inference API, the UI, the proxy
+        PORTS["airflow_api_port"]: [serve],  # the proxy
+        PORTS["data_api_port"]: [serve],  # the proxy (the DAG is on the same host)
+    }
+    assert rules(lab["lab-serve"]) == {PORTS["inference_api_port"]: [control]}  # the reload
+    assert data not in str(lab["lab-data"]["common_firewall_private_ports"])
+
+
+def test_the_lab_databases_admit_each_client_host_for_its_own_databases(lab) -> None:
+    data = lab["lab-data"]
+    assert data["postgresql_listen_addresses"] == "localhost,10.77.0.11"
+    assert {(e["source"], e["databases"], e["users"]) for e in data["postgresql_hba_entries"]} == {
+        ("10.77.0.12/32", "batches_db,airflow", "batches,airflow"),
+        ("10.77.0.13/32", "batches_db", "batches_reader"),
+        ("10.77.0.12/32", "mlflow_auth", "mlflow_auth"),
+    }
+    assert data["mysql_bind_address"] == "127.0.0.1,10.77.0.11"
+    assert data["mysql_user_hosts"] == ["localhost", "127.0.0.1", "10.77.0.12"]
+    # What nobody calls from another host stays on loopback.
+    assert lab["lab-serve"]["mlops_listen"]["ui"] == "127.0.0.1"
+    assert lab["lab-control"]["mlops_listen"]["minio_api"] == "127.0.0.1"
