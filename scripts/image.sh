@@ -96,7 +96,7 @@ all:
           ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
 EOF
     local g
-    for g in postgresql mysql minio mlflow airflow data_api inference_api ui; do
+    for g in postgresql mysql minio mlflow airflow data_api inference_api ui proxy; do
         printf '    %s:\n      hosts:\n        %s:\n' "$g" "$name" >>"$inv/hosts.yml"
     done
     # The secrets the roles' checks want are generated into the build folder and deleted

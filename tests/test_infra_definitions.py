@@ -201,7 +201,11 @@ def test_vagrantfile_forwards_every_port_and_runs_site_yml() -> None:
     if shutil.which("ruby"):
         out = subprocess.run(["ruby", "-e", script], capture_output=True, text=True, check=True)
         assert {int(p) for p in out.stdout.split()} == PLATFORM_PORTS
-    assert {PORTS["ui_port"], PORTS["airflow_api_port"], PORTS["mlflow_port"]} <= PLATFORM_PORTS
+    # Only the TLS proxy's ports: the services behind it listen on the VM's loopback.
+    assert {PORTS["proxy_ui_port"], PORTS["proxy_airflow_port"], PORTS["proxy_mlflow_port"]} <= (
+        PLATFORM_PORTS
+    )
+    assert not {PORTS["ui_port"], PORTS["airflow_api_port"], PORTS["mlflow_port"]} & PLATFORM_PORTS
     assert 2024 not in PORTS.values()
     # Same port on the host as in the VM, so make up's localhost URLs work unchanged.
     assert re.search(r'"forwarded_port",.*guest: port, host: port,', text)

@@ -195,6 +195,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                             "src": str(ANSIBLE_DIR / "templates" / "summary.txt.j2"),
                             "dest": "summary.txt",
                         },
+                        {
+                            "src": str(
+                                ANSIBLE_DIR / "roles" / "proxy" / "templates" / "nginx.conf.j2"
+                            ),
+                            "dest": "nginx.conf",
+                        },
                     ],
                     "vars": {"common_firewall_allowed_tcp_ports": [22]},
                 },
@@ -238,14 +244,44 @@ def test_status_firewall_and_summary_use_the_declarations(rendered: dict[str, st
     assert f'"ui required http://127.0.0.1:{ports["ui_port"]}/health"' in status
     opened = re.search(r"tcp dport \{ ([0-9, ]+) \} accept", rendered["nftables.conf"])
     assert opened
+    # SSH and the TLS proxy's ports: every service listens on loopback behind it.
     assert [int(p) for p in opened.group(1).split(", ")] == sorted(
-        [22]
-        + [ports[k] for k in ("ui_port", "airflow_api_port", "mlflow_port", "minio_console_port")]
+        [22] + [ports[k] for k in ports["mlops_forwarded_ports"]]
     )
     summary = rendered["summary.txt"]
     for label in ("Airflow", "MLflow", "Web UI", "Inference", "Data API", "DAG", "MinIO", "S3"):
         assert re.search(rf"^{label} ", summary, re.M), label
-    assert f"localhost:{ports['ui_port']}" in summary or f":{ports['ui_port']}" in summary
+    assert re.search(r"^TLS .*proxy-ca/ca\.crt", summary, re.M), summary
+    for key in ports["mlops_forwarded_ports"]:
+        assert f"https://127.0.0.1:{ports[key]}" in summary, key
+    assert "http://127.0.0.1:" not in summary.replace("S3         http://127.0.0.1:", "")
+
+
+def test_proxy_config_terminates_tls_for_every_service(rendered: dict[str, str]) -> None:
+    """nginx.conf as role proxy renders it: one HTTPS server per proxied service, each
+    redirecting plain HTTP on its port to HTTPS and forwarding to the service on loopback."""
+    ports = yaml.safe_load((ANSIBLE_DIR / "group_vars" / "all" / "ports.yml").read_text())
+    conf = rendered["nginx.conf"]
+    assert "{{" not in conf and "{%" not in conf
+    backends = {
+        "proxy_ui_port": "ui_port",
+        "proxy_airflow_port": "airflow_api_port",
+        "proxy_mlflow_port": "mlflow_port",
+        "proxy_minio_console_port": "minio_console_port",
+        "proxy_inference_api_port": "inference_api_port",
+        "proxy_data_api_port": "data_api_port",
+    }
+    assert set(backends) == set(ports["mlops_forwarded_ports"])
+    upstreams = dict(re.findall(r"upstream (\w+) \{\s*server ([^;]+);", conf))
+    servers = re.findall(r"\n    server \{(.*?)\n    \}", conf, re.S)
+    assert len(servers) == len(backends), servers
+    for front, back in backends.items():
+        (server,) = [s for s in servers if f"listen 0.0.0.0:{ports[front]} ssl;" in s]
+        assert "error_page 497 =301 https://$http_host$request_uri;" in server, front
+        (upstream,) = re.findall(r"proxy_pass http://(\w+);", server)
+        assert upstreams[upstream] == f"127.0.0.1:{ports[back]}", (front, upstreams)
+    assert re.search(r"ssl_protocols TLSv1\.2 TLSv1\.3;", conf)
+    assert "listen 80" not in conf and "sites-enabled" not in conf
 
 
 def service_units(rendered: dict[str, str]) -> dict[str, str]:
@@ -273,7 +309,8 @@ def test_units_restart_and_come_back_after_reboot(rendered: dict[str, str]) -> N
     target = parse_unit(rendered["mlops.target"])
     assert target["Install"]["WantedBy"] == ["multi-user.target"]
     wanted = set(target["Unit"]["Wants"])
-    assert set(service_units(rendered)) | {"postgresql.service", "mariadb.service"} == wanted
+    distro = {"postgresql.service", "mariadb.service", "nginx.service"}
+    assert set(service_units(rendered)) | distro == wanted
 
 
 def test_hardening_is_shared_and_differs_only_where_declared(rendered: dict[str, str]) -> None:
@@ -302,16 +339,14 @@ def test_health_urls_and_ports_come_from_the_port_variables(rendered: dict[str, 
     for role, declared in services.items():
         own = {v for k, v in ports.items() if k.startswith(role + "_") and k.endswith("port")}
         for check in declared.get("health", []):
-            port = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/\S*", check["url"])
+            port = re.fullmatch(r"https?://127\.0\.0\.1:(\d+)/\S*", check["url"])
             assert port and int(port.group(1)) in own, (role, check)
         assert {int(p) for p in declared.get("ports", [])} <= own, role
     names = [c["name"] for s in services.values() for c in s.get("health", [])]
     assert len(names) == len(set(names)) and len(names) >= 7
-    # Only the UIs a person opens are open to other hosts.
+    # Only the TLS proxy's ports are open to other hosts.
     opened = sorted(int(p) for s in services.values() for p in s.get("ports", []))
-    assert opened == sorted(
-        ports[k] for k in ("ui_port", "airflow_api_port", "mlflow_port", "minio_console_port")
-    )
+    assert opened == sorted(ports[k] for k in ports["mlops_forwarded_ports"])
     assert 2024 not in ports.values()
 
 

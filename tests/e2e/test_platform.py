@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import ssl
 import string
 import subprocess
 import time
@@ -32,6 +33,7 @@ from secrets import choice
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import certifi
 import httpx
 import psycopg2
 import pytest
@@ -67,19 +69,36 @@ EXPERIMENT = NAMES["mlops_experiment_name"]
 
 # Every port as provisioning defines it (the machine's services are on the host's loopback).
 PORTS = yaml.safe_load((REPO_ROOT / "ansible" / "group_vars" / "all" / "ports.yml").read_text())
-AIRFLOW = f"http://127.0.0.1:{PORTS['airflow_api_port']}"
-MLFLOW = f"http://127.0.0.1:{PORTS['mlflow_port']}"
-INFERENCE = f"http://127.0.0.1:{PORTS['inference_api_port']}"
-UI = f"http://127.0.0.1:{PORTS['ui_port']}"
-MINIO_CONSOLE = f"http://127.0.0.1:{PORTS['minio_console_port']}"
+# What a user calls: the TLS proxy (role proxy), one HTTPS port per service, its
+# certificate signed by the CA the playbook generated (the file users import).
+CA_CERT = SECRETS / "proxy-ca" / "ca.crt"
+PROXY_PORTS = {name: int(PORTS[name]) for name in PORTS["mlops_forwarded_ports"]}
+AIRFLOW = f"https://127.0.0.1:{PORTS['proxy_airflow_port']}"
+MLFLOW = f"https://127.0.0.1:{PORTS['proxy_mlflow_port']}"
+INFERENCE = f"https://127.0.0.1:{PORTS['proxy_inference_api_port']}"
+UI = f"https://localhost:{PORTS['proxy_ui_port']}"
+MINIO_CONSOLE = f"https://localhost:{PORTS['proxy_minio_console_port']}"
+DATA_API = f"https://127.0.0.1:{PORTS['proxy_data_api_port']}"
+SSH_PORT = 2222
 BUCKET = "mlflows3"
+# The health checks go to each service on loopback, behind the proxy, and to the proxy.
 HEALTH = {
     "minio": f"http://127.0.0.1:{PORTS['minio_api_port']}/minio/health/live",
-    "mlflow": f"{MLFLOW}/health",
-    "airflow": f"{AIRFLOW}/api/v2/monitor/health",
+    "mlflow": f"http://127.0.0.1:{PORTS['mlflow_port']}/health",
+    "airflow": f"http://127.0.0.1:{PORTS['airflow_api_port']}/api/v2/monitor/health",
     "data-api": f"http://127.0.0.1:{PORTS['data_api_port']}/health",
-    "inference-api": f"{INFERENCE}/health",
-    "ui": f"{UI}/health",
+    "inference-api": f"http://127.0.0.1:{PORTS['inference_api_port']}/health",
+    "ui": f"http://127.0.0.1:{PORTS['ui_port']}/health",
+    "proxy": f"https://127.0.0.1:{PORTS['proxy_ui_port']}/proxy-health",
+}
+# Each user-facing URL through the proxy, and what its backend answers there.
+PROXIED = {
+    "proxy_ui_port": ("/health", 200),
+    "proxy_airflow_port": ("/api/v2/monitor/health", 200),
+    "proxy_mlflow_port": ("/health", 200),
+    "proxy_minio_console_port": ("/login", 200),
+    "proxy_inference_api_port": ("/health", 200),
+    "proxy_data_api_port": ("/health", 200),
 }
 EXPECTED_UNITS = {
     "postgresql.service",
@@ -93,6 +112,7 @@ EXPECTED_UNITS = {
     "data-api.service",
     "inference-api.service",
     "ui.service",
+    "nginx.service",
 }
 # postgresql.service is Debian's umbrella (a oneshot); the server is the cluster's own unit.
 POSTGRES_CLUSTER_UNIT = "postgresql@17-main.service"
@@ -105,6 +125,12 @@ FAULT_UNITS = [
 RECOVERY_SECONDS = 15
 
 T = TypeVar("T")
+
+
+def tls() -> ssl.SSLContext:
+    """Verification against the generated CA only (not the host's trust store)."""
+    return ssl.create_default_context(cafile=str(CA_CERT))
+
 
 pytestmark = [
     pytest.mark.e2e,
@@ -223,7 +249,7 @@ class Airflow:
     """The REST API as the generated admin (FAB auth manager, JWT from /auth/token)."""
 
     def __init__(self, password: str) -> None:
-        self.client = httpx.Client(base_url=AIRFLOW, timeout=30)
+        self.client = httpx.Client(base_url=AIRFLOW, timeout=30, verify=tls())
         self.password = password
         self.token = ""
 
@@ -304,6 +330,7 @@ def production_version() -> str | None:
         params={"name": MODEL_NAME, "alias": ALIAS},
         auth=mlflow_login(),
         timeout=30,
+        verify=tls(),
     )
     if response.status_code == 404:
         return None
@@ -388,7 +415,7 @@ def health_problems(timeout: float) -> list[str]:
     problems = []
     for name, url in HEALTH.items():
         try:
-            response = httpx.get(url, timeout=timeout)
+            response = httpx.get(url, timeout=timeout, verify=tls())
         except httpx.HTTPError as exc:
             problems.append(f"{name} {url}: {type(exc).__name__}")
             continue
@@ -416,6 +443,9 @@ def assert_no_secret_exposed() -> None:
     files that hold them readable by root and their service only."""
     secrets = {p.name: p.read_text().strip() for p in SECRETS.iterdir() if p.is_file()}
     assert secrets, f"no generated secrets in {SECRETS}"
+    # The proxy's private keys (the CA's and the host's): their longest base64 line.
+    for key in (SECRETS / "proxy-ca").glob("*.key"):
+        secrets[key.name] = max(key.read_text().splitlines(), key=len)
     places = {
         "process list": ssh("ps -eo user,args --no-headers").stdout,
         "unit files": ssh("cat /etc/systemd/system/*.service /etc/systemd/system/*.target").stdout,
@@ -504,25 +534,102 @@ def check_logins(version: str) -> None:
     assert reload.status_code == 200, reload.text
 
 
+def assert_tls_entry_point() -> None:
+    """Every user-facing URL answers over HTTPS with a certificate the generated CA signed
+    (and no other trust: the host's store does not know that CA); plain HTTP on the same
+    port answers with a redirect to the same URL over HTTPS."""
+    assert CA_CERT.is_file(), f"no CA certificate at {CA_CERT}"
+    assert (CA_CERT.parent / "ca.key").stat().st_mode & 0o777 == 0o600
+    for name, (path, code) in PROXIED.items():
+        port = PROXY_PORTS[name]
+        for host in ("127.0.0.1", "localhost"):
+            url = f"https://{host}:{port}{path}"
+            response = httpx.get(url, timeout=30, verify=tls())
+            assert response.status_code == code, f"{url}: {response.status_code} {response.text}"
+        public_cas = ssl.create_default_context(cafile=certifi.where())
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"https://127.0.0.1:{port}{path}", timeout=30, verify=public_cas)
+        plain = httpx.get(f"http://127.0.0.1:{port}{path}?a=1", timeout=30)
+        assert plain.status_code in (301, 308), f"plain HTTP on {port}: {plain.status_code}"
+        assert plain.headers["location"] == f"https://127.0.0.1:{port}{path}?a=1", plain.headers
+    # The UI's header links point at the proxy.
+    page = httpx.get(f"{UI}/", timeout=30, verify=tls()).text
+    for name in ("proxy_airflow_port", "proxy_mlflow_port", "proxy_minio_console_port"):
+        assert f":{PROXY_PORTS[name]}" in page, f"the UI page has no link to {name}"
+
+
+def assert_port_audit() -> list[str]:
+    """Listening TCP sockets of the machine's own processes on addresses other than loopback
+    are exactly the proxy's ports (and SSH, which the local machine keeps on loopback). The
+    machine shares the host's network, so `ss` inside sees the host's sockets too: only the
+    ones a process of the machine owns (ss -p names one only for processes it can see,
+    those of the machine's PID namespace) count."""
+    lines = ssh("ss -Hltnp").stdout.splitlines()
+    exposed, owners = set(), {}
+    for line in lines:
+        fields = line.split()
+        if "users:(" not in line:
+            continue
+        address, port = fields[3].rsplit(":", 1)
+        address = address.strip("[]")
+        if address.startswith("127.") or address in ("::1", "::ffff:127.0.0.1"):
+            continue
+        exposed.add(int(port))
+        owners[int(port)] = re.findall(r'"([^"]+)"', line)
+    assert exposed - {SSH_PORT} == set(PROXY_PORTS.values()), (
+        f"listening outside loopback: {sorted(exposed)} {owners}; expected the proxy's "
+        f"{sorted(PROXY_PORTS.values())} and SSH"
+    )
+    assert all(owners[p] == ["nginx"] * len(owners[p]) for p in PROXY_PORTS.values()), owners
+    return [f"{p} {sorted(set(owners[p]))}" for p in sorted(exposed)]
+
+
 def predict(record: dict[str, int | str]) -> dict[str, Any]:
-    response = httpx.post(f"{INFERENCE}/predict", json=record, timeout=60)
+    response = httpx.post(f"{INFERENCE}/predict", json=record, timeout=60, verify=tls())
     assert response.status_code == 200, f"/predict: {response.status_code} {response.text}"
     return response.json()
 
 
-def predict_in_browser(record: dict[str, int | str], answer: dict[str, Any]) -> None:
-    """Fill the NiceGUI form with `record`, press Predict, and see the API's answer."""
+def browser_home(tmp_path: Path) -> dict[str, str]:
+    """A HOME whose NSS database trusts the generated CA (as a user who imported it), so
+    Chromium verifies the proxy's certificate instead of ignoring errors."""
+    home = tmp_path / "chromium-home"
+    nssdb = home / ".pki" / "nssdb"
+    nssdb.mkdir(parents=True, exist_ok=True)
+    db = f"sql:{nssdb}"
+    if not (nssdb / "cert9.db").exists():
+        subprocess.run(["certutil", "-N", "-d", db, "--empty-password"], check=True)
+    subprocess.run(
+        ["certutil", "-A", "-d", db, "-n", "mlops-proxy-ca", "-t", "C,,", "-i", str(CA_CERT)],
+        check=True,
+    )
+    return {**os.environ, "HOME": str(home)}
+
+
+def launch_chromium(p: Any, home: dict[str, str]) -> Any:
+    return p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=home)
+
+
+def predict_in_browser(
+    record: dict[str, int | str], answer: dict[str, Any], home: dict[str, str]
+) -> None:
+    """Fill the NiceGUI form with `record`, press Predict, and see the API's answer, over
+    HTTPS through the proxy with the certificate verified."""
     from playwright.sync_api import expect, sync_playwright
 
     prediction = answer["predictions"][0]
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p, home)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(60_000)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(UI)
+            response = page.goto(UI)
+            assert response is not None and response.ok, response
+            assert page.url.startswith("https://"), page.url
+            security = response.security_details()
+            assert security and security.get("protocol", "").startswith("TLS"), security
             expect(page.get_by_label("Elevation", exact=True)).not_to_have_value("")
             for column, value in record.items():
                 if isinstance(value, int):
@@ -551,14 +658,14 @@ def bucket_objects() -> dict[str, int]:
     return {o["key"]: int(o["size"]) for o in objects if o.get("type") == "file"}
 
 
-def browse_bucket_in_console(prefix: str) -> None:
-    """Log in to the MinIO console with the generated root password and see `prefix` (the
-    experiment's folder) in the bucket's object browser."""
+def browse_bucket_in_console(prefix: str, home: dict[str, str]) -> None:
+    """Log in to the MinIO console (through the proxy, HTTPS verified) with the generated
+    root password and see `prefix` (the experiment's folder) in the bucket's object browser."""
     from playwright.sync_api import expect, sync_playwright
 
     password = (SECRETS / "minio-root").read_text().strip()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(p, home)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(60_000)
@@ -612,7 +719,9 @@ def exclusive_machine() -> Iterator[None]:
         yield
 
 
-def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
+def test_platform_end_to_end(
+    exclusive_machine: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     phases = Phases()
     outcome = "failed"
     # A wheel built once, so both provisioning runs install the same bytes even while the
@@ -640,11 +749,18 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
         counters, _ = provision_recap()
         assert counters["failed"] == 0 and counters["unreachable"] == 0, counters
         phases.notes["fresh_recap"] = counters
+        # Every httpx call from here on verifies HTTPS against the generated CA alone
+        # (httpx reads SSL_CERT_FILE in place of its own CA list).
+        monkeypatch.setenv("SSL_CERT_FILE", str(CA_CERT))
 
         with phases("units_and_health"):
             assert_units_active()
             assert_healthy()
         mlops_status("after-provisioning")
+
+        with phases("tls_entry_point_and_port_audit"):
+            assert_tls_entry_point()
+            phases.notes["listening_outside_loopback"] = assert_port_audit()
 
         airflow = Airflow((SECRETS / "airflow-admin").read_text().strip())
         with phases("dag_until_promotion"):
@@ -699,7 +815,7 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
         with phases("inference_serves_promoted_version"):
 
             def serving() -> bool:
-                ready = httpx.get(f"{INFERENCE}/ready", timeout=15)
+                ready = httpx.get(f"{INFERENCE}/ready", timeout=15, verify=tls())
                 return ready.status_code == 200 and ready.json()["version"] == version
 
             wait_until(serving, f"the inference API serving version {version}", 300, 5)
@@ -716,7 +832,7 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
             check_logins(version)
 
         with phases("ui_predicts_in_chromium"):
-            predict_in_browser(record, answer)
+            predict_in_browser(record, answer, browser_home(tmp_path))
 
         with phases("repeat_provisioning"):
             machine("up", log="up-repeat", env=ansible_args)
@@ -753,7 +869,7 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
 
         with phases("minio_console_in_chromium"):
             experiment = next(iter(before_objects)).split("/")[0]
-            browse_bucket_in_console(experiment)
+            browse_bucket_in_console(experiment, browser_home(tmp_path))
 
         with phases("fault_every_unit"):
             recovery = {unit: kill_and_time_recovery(unit) for unit in FAULT_UNITS}
@@ -764,7 +880,9 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
             assert registry_snapshot() == before_registry
             assert bucket_objects() == before_objects
             wait_until(
-                lambda: httpx.get(f"{INFERENCE}/ready", timeout=15).status_code == 200,
+                lambda: (
+                    httpx.get(f"{INFERENCE}/ready", timeout=15, verify=tls()).status_code == 200
+                ),
                 "the inference API ready again",
                 60,
                 2,
@@ -794,7 +912,7 @@ def test_platform_end_to_end(exclusive_machine: None, tmp_path: Path) -> None:
             alias_version = after_registry["alias"]
 
             def serving_again() -> bool:
-                ready = httpx.get(f"{INFERENCE}/ready", timeout=15)
+                ready = httpx.get(f"{INFERENCE}/ready", timeout=15, verify=tls())
                 return ready.status_code == 200 and ready.json()["version"] == alias_version
 
             wait_until(serving_again, "the inference API serving the alias again", 300, 5)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.conftest import REPO_ROOT
 
@@ -49,8 +50,14 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 # A small VM: the platform idles at ~2.2 GiB; 2 vCPUs are all the host has.
 VCPUS = int(os.environ.get("MLOPS_TEST_VM_CPUS", "2"))
 MEMORY_MB = int(os.environ.get("MLOPS_TEST_VM_MEMORY", "6144"))
-# Web ports the VM's firewall opens to other hosts (role common), checked from the namespace.
-OPEN_PORTS = {8503: "/health", 8080: "/api/v2/monitor/health", 5000: "/health"}
+# Web ports the VM's firewall opens to other hosts (the TLS proxy's), checked from the
+# namespace over HTTPS verified against the CA the playbook generated.
+_PORTS = yaml.safe_load((REPO_ROOT / "ansible" / "group_vars" / "all" / "ports.yml").read_text())
+OPEN_PORTS = {
+    _PORTS["proxy_ui_port"]: "/health",
+    _PORTS["proxy_airflow_port"]: "/api/v2/monitor/health",
+    _PORTS["proxy_mlflow_port"]: "/health",
+}
 HEALTH_WAIT = 600
 
 
@@ -176,7 +183,7 @@ def playbook_vars(controller_files: dict[str, str], secrets: Path, minio: bool =
     return args
 
 
-def check_platform(address: str, ssh: list[str], phase: str, log: Path) -> None:
+def check_platform(address: str, ssh: list[str], phase: str, log: Path, secrets: Path) -> None:
     """Every unit and health endpoint inside (mlops-status), and the open web ports from
     the namespace."""
     t = time.monotonic()
@@ -198,7 +205,9 @@ def check_platform(address: str, ssh: list[str], phase: str, log: Path) -> None:
             "%{http_code}",
             "--max-time",
             "30",
-            f"http://{address}:{port}{path}",
+            "--cacert",
+            str(secrets / "proxy-ca" / "ca.crt"),
+            f"https://{address}:{port}{path}",
             log=log,
         )
         assert ok(result) == "200", (port, result.stderr)
@@ -362,7 +371,7 @@ def test_terraform_creates_provisions_and_destroys_a_vm(
             "BatchMode=yes",
             f"mlops@{address}",
         ]
-        check_platform(address, ssh, "terraform: health after site.yml", log)
+        check_platform(address, ssh, "terraform: health after site.yml", log, tmp_path / "secrets")
         record(
             "terraform: boot to healthy (apply start to every endpoint 200)", time.monotonic() - t0
         )
@@ -484,7 +493,7 @@ def test_vagrant_creates_provisions_and_destroys_a_vm(
             "BatchMode=yes",
             f"vagrant@{host}",
         ]
-        check_platform(host, ssh, "vagrant: health after provision", log)
+        check_platform(host, ssh, "vagrant: health after provision", log, tmp_path / "secrets")
         record("vagrant: boot to healthy (up start to every endpoint 200)", time.monotonic() - t0)
         record("vagrant: provision start to healthy", time.monotonic() - t1)
         # The Vagrantfile forwards the UI to the same localhost port as `make up` (here the
@@ -498,7 +507,9 @@ def test_vagrant_creates_provisions_and_destroys_a_vm(
             "%{http_code}",
             "--max-time",
             "30",
-            "http://127.0.0.1:8503/health",
+            "--cacert",
+            str(tmp_path / "secrets" / "proxy-ca" / "ca.crt"),
+            f"https://127.0.0.1:{_PORTS['proxy_ui_port']}/health",
             log=log,
         )
         assert ok(ui) == "200"
