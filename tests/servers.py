@@ -1,4 +1,4 @@
-"""Throwaway real servers for the tests: PostgreSQL, a MySQL-compatible server, MinIO.
+"""Throwaway real servers for the tests: PostgreSQL, a MySQL-compatible server, MinIO, Redis.
 
 Each runs from the Debian packages' binaries in its own temporary directory on a free loopback
 port and is stopped (and its directory removed) when the test session ends. PostgreSQL and
@@ -369,6 +369,76 @@ def s3_server(base: Path, access_key: str, secret_key: str) -> Iterator[MinioSer
         datadir=base / "data",
         log=base / "minio.log",
     )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def redis_binary() -> Path:
+    """Debian's redis-server; as root on a Debian-family host, installed when missing (as
+    scripts/build-minio.sh builds MinIO when there is none), the way `make test` runs."""
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(found).exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            capture_output=True,
+            timeout=600,
+        )
+    if not Path(found).exists():
+        raise ServerStartError("redis-server not found: install the Debian package 'redis-server'")
+    return Path(found)
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server (Debian's package) with a generated password, on a free loopback
+    port. The password is only in its 0600 config file and in what url() hands back."""
+
+    port: int
+    password: str
+    base: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/{db}"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "redis.log"
+
+    def start(self) -> None:
+        conf = self.base / "redis.conf"
+        conf.touch(mode=0o600)
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\nprotected-mode yes\n"
+            f'requirepass {self.password}\ndir {self.base}\nsave ""\nappendonly no\n'
+            f"logfile {self.log}\ndaemonize no\n"
+        )
+        self.proc = subprocess.Popen(
+            [redis_binary(), str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for(lambda: port_open(self.port), "redis-server", timeout=30, log=self.log)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@contextlib.contextmanager
+def redis_server(base: Path, password: str) -> Iterator[RedisServer]:
+    """A throwaway redis-server in its own folder (Celery's broker in the executor test)."""
+    base.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(port=free_port(), password=password, base=base)
     server.start()
     try:
         yield server
