@@ -14,13 +14,13 @@ output "ssh_command" {
 }
 
 output "urls" {
-  description = "The platform's UIs and APIs once the playbook has run."
+  description = "The platform's UIs and APIs once the playbook has run: HTTPS through the TLS proxy (ports.yml's proxy_*_port), with the CA in ansible/.secrets/<deployment>/proxy-ca/ca.crt."
   value = {
-    mlflow        = "http://${local.address}:5000"
-    airflow       = "http://${local.address}:8080"
-    data_api      = "http://${local.address}:8001"
-    inference_api = "http://${local.address}:8000"
-    ui            = "http://${local.address}:8503"
-    minio_console = "http://${local.address}:9001"
+    ui            = "https://${local.address}:8443"
+    airflow       = "https://${local.address}:8444"
+    mlflow        = "https://${local.address}:8445"
+    minio_console = "https://${local.address}:8446"
+    inference_api = "https://${local.address}:8447"
+    data_api      = "https://${local.address}:8448"
   }
 }
