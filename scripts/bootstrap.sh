@@ -15,8 +15,9 @@ command -v apt-get >/dev/null || die "needs a Debian-family system with apt-get;
 # own throwaway instances), python3-venv for the dev venv, vagrant for `vagrant validate`,
 # libvirt-daemon for `terraform plan` (the test runs its own unprivileged libvirtd; the
 # libvirt provider connects when it is configured), libnss3-tools (certutil) so the end-to-end
-# test's Chromium trusts the CA the playbook generates.
-packages=(postgresql mariadb-server python3-venv python3-dev gcc wrk curl ca-certificates chromium libnss3-tools debootstrap systemd-container vagrant libvirt-daemon)
+# test's Chromium trusts the CA the playbook generates, redis-server (the Celery executor test's
+# broker, and the drop-in test's distro unit).
+packages=(postgresql mariadb-server redis-server python3-venv python3-dev gcc wrk curl ca-certificates chromium libnss3-tools debootstrap systemd-container vagrant libvirt-daemon)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -17,6 +17,7 @@ from tests.conftest import REPO_ROOT
 
 ANSIBLE = REPO_ROOT / "ansible"
 PORTS = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "ports.yml").read_text())
+CELERY = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "celery.yml").read_text())
 FACTS = [
     "mlops_listen",
     "common_firewall_private_ports",
@@ -28,11 +29,11 @@ FACTS = [
 ANSIBLE_BIN = Path(sys.executable).parent / "ansible"
 
 
-def placement(inventory: str, host: str) -> dict[str, object]:
+def placement(inventory: str, host: str, *extra: str) -> dict[str, object]:
     """The placement facts of one host, as the playbook would see them (no connection)."""
     expression = "{{ {" + ", ".join(f"'{f}': {f}" for f in FACTS) + "} | to_json }}"
     result = subprocess.run(
-        [ANSIBLE_BIN, "-i", f"inventories/{inventory}/hosts.yml", host,
+        [ANSIBLE_BIN, "-i", f"inventories/{inventory}/hosts.yml", host, *extra,
          "-m", "ansible.builtin.debug", "-a", f"msg={expression}", "-o"],
         cwd=ANSIBLE, env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg")},
         capture_output=True, text=True, timeout=120,
@@ -92,3 +93,34 @@ def test_the_lab_databases_admit_each_client_host_for_its_own_databases(lab) -> 
     # What nobody calls from another host stays on loopback.
     assert lab["lab-serve"]["mlops_listen"]["ui"] == "127.0.0.1"
     assert lab["lab-control"]["mlops_listen"]["minio_api"] == "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def lab_celery() -> dict[str, dict[str, object]]:
+    hosts = yaml.safe_load((ANSIBLE / "inventories" / "lab" / "hosts.yml").read_text())
+    return {
+        name: placement("lab", name, "-e", "mlops_airflow_executor=CeleryExecutor")
+        for name in hosts["all"]["children"]["mlops"]["hosts"]
+    }
+
+
+def test_the_lab_with_celery_workers_opens_what_the_workers_call(lab, lab_celery) -> None:
+    """Workers on lab-control and lab-serve: the serve host's worker reaches the broker, the
+    databases (its tasks and Celery's result backend) and the api-server's Execution API;
+    the api-server reads its task logs. The LocalExecutor (the `lab` fixture) opens none of it."""
+    control, serve = "10.77.0.12", "10.77.0.13"
+    assert rules(lab_celery["lab-control"]) == {
+        **rules(lab["lab-control"]),
+        CELERY["redis_port"]: [serve],
+    }
+    assert rules(lab_celery["lab-serve"]) == {
+        **rules(lab["lab-serve"]),
+        PORTS["airflow_worker_log_server_port"]: [control],
+    }
+    assert rules(lab_celery["lab-data"]) == rules(lab["lab-data"])
+    assert lab_celery["lab-control"]["mlops_listen"]["redis"] == "0.0.0.0"
+    assert lab["lab-control"]["mlops_listen"]["redis"] == "127.0.0.1"
+    hba = {(e["source"], e["databases"]) for e in lab_celery["lab-data"]["postgresql_hba_entries"]}
+    assert (f"{serve}/32", "batches_db,airflow") in hba
+    hba_local = {(e["source"], e["databases"]) for e in lab["lab-data"]["postgresql_hba_entries"]}
+    assert (f"{serve}/32", "batches_db,airflow") not in hba_local

@@ -30,7 +30,7 @@ COMMON_TEMPLATES = ANSIBLE_DIR / "roles" / "common" / "templates"
 ROLES = [
     p["hosts"]
     for p in yaml.safe_load((ANSIBLE_DIR / "site.yml").read_text())
-    if p["hosts"] not in ("all", "localhost")
+    if p["hosts"] not in ("all", "localhost") and p.get("roles")
 ]
 # Every unit template but the Airflow one, which renders once per airflow_components item.
 UNIT_TEMPLATES = {
@@ -48,15 +48,19 @@ EXPECTED_DIFFERENCES = {
     "airflow-scheduler.service": {"ProtectProc": "default"},
     # MinIO reads /proc/mounts at start.
     "minio.service": {"ProcSubset": "all"},
+    # The Celery worker forks task supervisors too (group_vars/all/celery.yml).
+    "airflow-celery-worker.service": {"ProtectProc": "default"},
 }
 NO_MDWE = {"mlflow.service"} | {
-    f"airflow-{c}.service" for c in ("api-server", "scheduler", "dag-processor", "triggerer")
+    f"airflow-{c}.service"
+    for c in ("api-server", "scheduler", "dag-processor", "triggerer", "celery-worker")
 }
 # Drop-ins the database roles put on the distributions' own units, each with the shared
 # hardening and what differs from it (the templates say why).
 DROPINS = {
     "postgresql@.service": "postgresql-hardening.conf.j2",
     "mariadb.service": "mysql-hardening.conf.j2",
+    "redis-server.service": "redis-hardening.conf.j2",
 }
 DROPIN_DIFFERENCES = {
     "postgresql@.service": {
@@ -68,6 +72,7 @@ DROPIN_DIFFERENCES = {
         "UMask": "007",
         "ReadWritePaths": "/var/lib/mysql /run/mysqld -/var/log/mysql",
     },
+    "redis-server.service": {"ReadWritePaths": "/var/lib/redis /var/log/redis /run/redis"},
 }
 # PostgreSQL's LLVM JIT fails under MemoryDenyWriteExecute.
 DROPIN_NO_MDWE = {"postgresql@.service"}
@@ -154,6 +159,26 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     "loop_control": {"loop_var": "airflow_component"},
                 },
                 {
+                    "name": "The Celery worker's unit (role airflow, tasks_from worker.yml)",
+                    "ansible.builtin.template": {
+                        "src": str(SYSTEMD_DIR / "airflow.service.j2"),
+                        "dest": str(out / "airflow-celery-worker.service"),
+                        "mode": "0644",
+                    },
+                    "vars": {"airflow_component": "{{ airflow_celery_worker_component }}"},
+                },
+                {
+                    "name": "airflow.cfg with each executor (group_vars/all/celery.yml)",
+                    "ansible.builtin.template": {
+                        "src": str(ANSIBLE_DIR / "roles" / "airflow" / "templates")
+                        + "/airflow.cfg.j2",
+                        "dest": str(out) + "/airflow.cfg-{{ item }}",
+                        "mode": "0600",
+                    },
+                    "vars": {"airflow_executor": "{{ item }}"},
+                    "loop": ["LocalExecutor", "CeleryExecutor"],
+                },
+                {
                     "name": "Drop-ins for the distributions' database units",
                     "ansible.builtin.template": {
                         "src": str(SYSTEMD_DIR) + "/{{ item.value }}",
@@ -168,7 +193,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                         "common_services": "{{ dict(service_roles | zip(service_roles"
                         " | map('regex_replace', '$', '_service') | map('extract', vars))) }}",
                     },
-                    "vars": {"service_roles": ROLES},
+                    # The Celery worker's declaration (group_vars/all/celery.yml).
+                    "vars": {"service_roles": [*ROLES, "airflow_worker"]},
                 },
                 {
                     "name": "mlops.target",
@@ -292,11 +318,38 @@ def test_every_template_is_rendered(rendered: dict[str, str]) -> None:
     airflow = yaml.safe_load(
         (ANSIBLE_DIR / "roles" / "airflow" / "defaults" / "main.yml").read_text()
     )
-    expected = set(UNIT_TEMPLATES) | {
-        f"airflow-{c['name']}.service" for c in airflow["airflow_components"]
-    }
+    expected = (
+        set(UNIT_TEMPLATES)
+        | {f"airflow-{c['name']}.service" for c in airflow["airflow_components"]}
+        | {"airflow-celery-worker.service"}
+    )
     assert set(service_units(rendered)) == expected
     assert len(expected) >= 9  # the four Airflow processes and five services
+
+
+def test_one_variable_switches_the_executor(rendered: dict[str, str]) -> None:
+    import configparser
+
+    local, celery = configparser.RawConfigParser(), configparser.RawConfigParser()
+    local.read_string(rendered["airflow.cfg-LocalExecutor"])
+    celery.read_string(rendered["airflow.cfg-CeleryExecutor"])
+    assert local["core"]["executor"] == "LocalExecutor" and not local.has_section("celery")
+    assert celery["core"]["executor"] == "CeleryExecutor"
+    # Redis with the generated password, PostgreSQL as the result backend.
+    # (Compared as booleans and with the password masked: a failure prints no secret.)
+    broker = re.sub(r":[A-Za-z0-9]{40}@", ":<password>@", celery["celery"]["broker_url"])
+    assert broker == "redis://:<password>@127.0.0.1:6379/0"
+    backend = celery["celery"]["result_backend"]
+    same_database = backend == "db+" + celery["database"]["sql_alchemy_conn"]
+    assert same_database
+    assert backend.startswith("db+postgresql+psycopg2://airflow:")
+    assert int(celery["celery"]["worker_concurrency"]) >= 1
+    # Everything else is the same: the switch changes nothing on one VM.
+    for section in local.sections():
+        assert dict(local[section]) == dict(celery[section]) or section == "core", section
+    core_diff = {k for k in local["core"] if local["core"][k] != celery["core"][k]}
+    assert core_diff == {"executor"}
+    assert celery["core"]["execution_api_server_url"] == "http://127.0.0.1:8080/execution/"
 
 
 def test_units_restart_and_come_back_after_reboot(rendered: dict[str, str]) -> None:
@@ -309,7 +362,7 @@ def test_units_restart_and_come_back_after_reboot(rendered: dict[str, str]) -> N
     target = parse_unit(rendered["mlops.target"])
     assert target["Install"]["WantedBy"] == ["multi-user.target"]
     wanted = set(target["Unit"]["Wants"])
-    distro = {"postgresql.service", "mariadb.service", "nginx.service"}
+    distro = {"postgresql.service", "mariadb.service", "nginx.service", "redis-server.service"}
     assert set(service_units(rendered)) | distro == wanted
 
 
@@ -443,7 +496,7 @@ def test_systemd_analyze_verify_database_dropins(rendered: dict[str, str], tmp_p
             stub.chmod(0o755)
     result = subprocess.run(
         [SYSTEMD_ANALYZE, "verify", f"--root={root}", "--man=no", "postgresql@17-main.service"]
-        + ["mariadb.service"],
+        + ["mariadb.service", "redis-server.service"],
         capture_output=True,
         text=True,
         timeout=120,
