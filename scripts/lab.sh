@@ -121,13 +121,18 @@ lab_rootfs() { # machine.sh's disk, then what differs in the lab: own address, s
         # Its own namespace: systemd-networkd gives the veth (host0) the lab address. 10-: the
         # first matching file wins, and the shipped 80-container-host0.network asks DHCP.
         rm -f "$rootfs/etc/systemd/system/systemd-networkd.service"
+        # Time sync is the roles' to set up here; timesyncd itself then declines to run in a
+        # container (ConditionVirtualization=!container): the clock is the host's.
+        rm -f "$rootfs/etc/systemd/system/systemd-timesyncd.service"
         ln -sf /usr/lib/systemd/system/systemd-networkd.service \
             "$rootfs/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
         printf '[Match]\nName=host0\n\n[Network]\nAddress=%s/24\nLinkLocalAddressing=no\n' "$addr" \
             >"$rootfs/etc/systemd/network/10-lab.network"
         printf 'Acquire::http::Proxy "http://%s:%s";\nAcquire::https::Proxy "http://%s:%s";\n' \
             "$gateway" "$proxy_port" "$gateway" "$proxy_port" >"$rootfs/etc/apt/apt.conf.d/80lab-proxy"
-        printf '[global]\nproxy = http://%s:%s\n' "$gateway" "$proxy_port" >"$rootfs/etc/pip.conf"
+        # /etc/xdg/pip: pip reads it besides /etc/pip.conf, which role common writes.
+        install -d "$rootfs/etc/xdg/pip"
+        printf '[global]\nproxy = http://%s:%s\n' "$gateway" "$proxy_port" >"$rootfs/etc/xdg/pip/pip.conf"
     } >>"$logs/rootfs.log" 2>&1
 }
 
@@ -177,7 +182,12 @@ lab_provision() {
     local log; log="$logs/provision-$(date +%Y%m%d-%H%M%S).log"
     step "provisioning the lab with ansible/site.yml (full output in the log)" "$log"
     local extra="$lab_dir/extra-vars.json" t; t=$(date +%s)
-    printf '{"minio_install_method": "source", "minio_source_cache_dir": "%s"}\n' "$cache" >"$extra"
+    # The controller runs in the lab's namespace, which reaches no package index: build the
+    # project wheel (pip fetches its build backend) out here first.
+    local wheel
+    wheel=$(PYTHON="$venv/bin/python" "$lab_repo/scripts/build-wheel.sh" 2>>"$log" | tail -n 1)
+    printf '{"minio_install_method": "source", "minio_source_cache_dir": "%s", "mlops_project_wheel": "%s"}\n' \
+        "$cache" "$wheel" >"$extra"
     (
         cd "$lab_repo/ansible"
         # shellcheck disable=SC2086
