@@ -261,6 +261,14 @@ def add_trigger(dsn: str, table: str, when: str, level: str, body: str) -> None:
     conn.close()
 
 
+def fail_batch_status(dsn: str) -> None:
+    """Every write to batch_status, the last step of storing a batch, fails."""
+    add_trigger(
+        dsn, "batch_status", "BEFORE INSERT OR UPDATE", "ROW",
+        "RAISE EXCEPTION 'injected in batch_status'",
+    )  # fmt: skip
+
+
 def payload_with_rejects() -> list[object]:
     rows: list[object] = list(batch(2))
     rows[3] = rows[3][:5]
@@ -286,13 +294,7 @@ def test_failure_midway_through_the_rows_stores_nothing(store: str) -> None:
 
 def test_failure_at_the_last_step_stores_nothing(store: str) -> None:
     # batch_status is written last: rows and rejected rows are in by then, and must go.
-    add_trigger(
-        store,
-        "batch_status",
-        "BEFORE INSERT OR UPDATE",
-        "ROW",
-        "RAISE EXCEPTION 'injected in batch_status'",
-    )
+    fail_batch_status(store)
     with pytest.raises(StoreError, match="injected in batch_status"):
         store_batch(store, 1, 2, payload_with_rejects(), fetched_at=T0)
     assert counts(store) == (0, 0, 0)
@@ -455,13 +457,7 @@ def test_a_saved_delivery_is_stored_once_and_then_gone(store: str) -> None:
 
 def test_a_failed_store_keeps_the_delivery_for_the_next_try(store: str) -> None:
     delivery = save_delivery(store, 1, 2, payload_with_rejects(), fetched_at=T0)
-    add_trigger(
-        store,
-        "batch_status",
-        "BEFORE INSERT OR UPDATE",
-        "ROW",
-        "RAISE EXCEPTION 'injected in batch_status'",
-    )
+    fail_batch_status(store)
     with pytest.raises(StoreError, match="injected in batch_status"):
         store_delivery(store, delivery)
     assert counts(store) == (0, 0, 0)

@@ -64,17 +64,22 @@ def test_a_skipped_batch_number_warns_in_the_run_and_progress_does_not(
     assert missing_batches(seen_batches(dsn, GROUP)) == [4, 5, 6]
 
 
-def test_the_store_step_reports_the_gap_and_warns_only_then(
-    batches_dsn: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def store_config(batches_dsn: str) -> steps.PipelineConfig:
+    """A migrated batches_db, and nothing else the store step could call."""
     apply_migrations(batches_dsn)
-    config = steps.PipelineConfig(
+    return steps.PipelineConfig(
         batches_dsn=batches_dsn,
         data_api_url="http://127.0.0.1:9",
         group_number=GROUP,
         mlflow_tracking_uri="http://127.0.0.1:9",
         inference_api_url=None,
     )
+
+
+def test_the_store_step_reports_the_gap_and_warns_only_then(
+    batches_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = store_config(batches_dsn)
 
     def store(batch: int, start: int) -> tuple[dict[str, object], list[str]]:
         caplog.clear()
@@ -112,14 +117,7 @@ def test_the_store_step_reports_the_gap_and_warns_only_then(
 def test_the_store_step_stores_a_delivery_an_earlier_run_left_behind_first(
     batches_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    apply_migrations(batches_dsn)
-    config = steps.PipelineConfig(
-        batches_dsn=batches_dsn,
-        data_api_url="http://127.0.0.1:9",
-        group_number=GROUP,
-        mlflow_tracking_uri="http://127.0.0.1:9",
-        inference_api_url=None,
-    )
+    config = store_config(batches_dsn)
     # An earlier run fetched batch 1, then its store step failed: the delivery stayed.
     left = save_delivery(batches_dsn, GROUP, 1, sample_rows(0, 100))
     rows = sample_rows(100, 200)
