@@ -150,7 +150,10 @@ class MlflowServer:
 def mlflow_server(base: Path, mysql: MySQLServer, s3: S3Server) -> Iterator[MlflowServer]:
     password = secrets.token_urlsafe(18)
     mysql.create_database(BACKEND_DATABASE, BACKEND_USER, password)
-    s3.client().create_bucket(Bucket=ARTIFACT_BUCKET)
+    client = s3.client()
+    # Another server of the session (tests/mlflow_auth_server.py) may have made it already.
+    if ARTIFACT_BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=ARTIFACT_BUCKET)
     server = MlflowServer(
         port=free_port(),
         backend_store_uri=mysql.url(BACKEND_DATABASE, user=BACKEND_USER, password=password),

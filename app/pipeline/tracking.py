@@ -56,14 +56,17 @@ def reachable(tracking_uri: str, timeout: float = 5.0) -> bool:
 
 @contextlib.contextmanager
 def tracking_uri(uri: str) -> Iterator[None]:
-    """Use `uri` for MLflow's fluent API inside the block. mlflow.set_tracking_uri also
-    exports MLFLOW_TRACKING_URI; both are restored so a caller's own setting survives."""
+    """Use `uri` for MLflow's fluent API (tracking and registry) inside the block.
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; all are restored so a caller's
+    own setting survives."""
     # No public getter tells a URI set by set_tracking_uri apart from the environment's or the
     # default, so read MLflow's own module global (getattr: tolerate it being renamed).
     from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     previous = getattr(tracking_utils, "_tracking_uri", None)
+    previous_registry = getattr(registry_utils, "_registry_uri", None)
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     # An experiment a caller chose with mlflow.set_experiment() would make re-entering one of
     # our runs by id fail ("active experiment ID does not match"): every run here names its
@@ -71,10 +74,15 @@ def tracking_uri(uri: str) -> Iterator[None]:
     previous_experiment = getattr(fluent, "_active_experiment_id", None)
     fluent._active_experiment_id = None
     mlflow.set_tracking_uri(uri)
+    # The registry too: mlflow.register_model follows the process-wide registry URI, which
+    # a caller (or an earlier call in a long-lived process) may have pointed elsewhere; seen
+    # in the test suite, where a version was created on another test's server.
+    mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(previous)
+        registry_utils._registry_uri = previous_registry
         fluent._active_experiment_id = previous_experiment
         if previous_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous_env
