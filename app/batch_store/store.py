@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import psycopg2
 import psycopg2.errors
@@ -62,6 +63,15 @@ ON CONFLICT (group_number, batch_number) DO UPDATE SET
 """
 
 
+class Delivered(NamedTuple):
+    """Which batch a payload is: its group and batch number and when it was fetched (the
+    statements' parameters, by these names)."""
+
+    group: int
+    batch: int
+    fetched_at: datetime
+
+
 class StoreError(RuntimeError):
     """Storing a batch failed; nothing of it was stored."""
 
@@ -94,20 +104,20 @@ def _copy_buffer(valid: Sequence[tuple[str, ...]]) -> io.StringIO:
 
 def _write(
     cur: psycopg2.extensions.cursor,
-    params: dict[str, object],
+    which: Delivered,
     valid: Sequence[tuple[str, ...]],
     rejected: Sequence[Rejection],
 ) -> int:
     """The batch's rows, rejected rows and counts, inside the caller's transaction; returns
     how many rows were new."""
-    cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (INGEST_LOCK_NAMESPACE, params["group"]))
+    cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (INGEST_LOCK_NAMESPACE, which.group))
     new = 0
     if valid:
         cur.execute(_CREATE_STAGING)
         cur.copy_expert(
             f"COPY covertype_staging ({_STAGING_COLUMNS}) FROM STDIN", _copy_buffer(valid)
         )
-        cur.execute(_INSERT_NEW, params)
+        cur.execute(_INSERT_NEW, which._asdict())
         new = cur.rowcount
     if rejected:
         execute_values(
@@ -116,9 +126,9 @@ def _write(
             " (group_number, batch_number, fetched_at, row_index, raw_row, reason) VALUES %s",
             [
                 (
-                    params["group"],
-                    params["batch"],
-                    params["fetched_at"],
+                    which.group,
+                    which.batch,
+                    which.fetched_at,
                     r.index,
                     raw_json(r.row),
                     r.reason,
@@ -129,16 +139,16 @@ def _write(
             page_size=1000,
         )
     counts = {"received": len(valid) + len(rejected), "new": new, "rejected": len(rejected)}
-    cur.execute(_UPSERT_STATUS, {**params, **counts, "duplicate": len(valid) - new})
+    cur.execute(_UPSERT_STATUS, {**which._asdict(), **counts, "duplicate": len(valid) - new})
     return new
 
 
-def _commit(conn: Connection, params: dict[str, object]) -> None:
+def _commit(conn: Connection, which: Delivered) -> None:
     try:
         conn.commit()
     except psycopg2.Error as exc:
         raise StoreError(
-            f"committing batch {params['batch']} of group {params['group']} failed, so whether"
+            f"committing batch {which.batch} of group {which.group} failed, so whether"
             " it is stored is unknown; storing it again is safe (duplicates are skipped):"
             f" {str(exc).strip()}"
         ) from exc
@@ -146,7 +156,7 @@ def _commit(conn: Connection, params: dict[str, object]) -> None:
 
 def _store(
     conn: Connection,
-    params: dict[str, object],
+    which: Delivered,
     valid: Sequence[tuple[str, ...]],
     rejected: Sequence[Rejection],
     also: Callable[[psycopg2.extensions.cursor], None] | None = None,
@@ -157,10 +167,10 @@ def _store(
     # closed" and hide the real error.
     cur = conn.cursor()
     try:
-        new = _write(cur, params, valid, rejected)
+        new = _write(cur, which, valid, rejected)
         if also is not None:
             also(cur)
-        _commit(conn, params)
+        _commit(conn, which)
     except BaseException:
         with contextlib.suppress(psycopg2.Error):
             conn.rollback()
@@ -185,7 +195,7 @@ def _check_identity(group_number: int, batch_number: int, fetched_at: datetime |
 
 def _validate_and_store(
     conn: Connection,
-    params: dict[str, object],
+    which: Delivered,
     rows: Sequence[object],
     also: Callable[[psycopg2.extensions.cursor], None] | None = None,
 ) -> StoreReport:
@@ -193,9 +203,8 @@ def _validate_and_store(
     result = validate_rows(rows)
     if conn.autocommit:
         raise ValueError("storing a batch needs a connection with autocommit off")
-    group, batch = params["group"], params["batch"]
     try:
-        new = _store(conn, params, result.valid, result.rejected, also)
+        new = _store(conn, which, result.valid, result.rejected, also)
     except psycopg2.errors.UndefinedTable as exc:
         raise StoreError(
             "the batch store schema is missing: run `python -m app.batch_store migrate`"
@@ -203,13 +212,13 @@ def _validate_and_store(
         ) from exc
     except psycopg2.Error as exc:
         raise StoreError(
-            f"storing batch {batch} of group {group} failed and was rolled back, nothing of it"
-            f" is stored: {str(exc).strip()}"
+            f"storing batch {which.batch} of group {which.group} failed and was rolled back,"
+            f" nothing of it is stored: {str(exc).strip()}"
         ) from exc
     return StoreReport(
-        group_number=int(group),  # type: ignore[call-overload]
-        batch_number=int(batch),  # type: ignore[call-overload]
-        fetched_at=params["fetched_at"],  # type: ignore[arg-type]
+        group_number=which.group,
+        batch_number=which.batch,
+        fetched_at=which.fetched_at,
         received=len(rows),
         new=new,
         duplicate=len(result.valid) - new,
@@ -233,9 +242,9 @@ def store_batch(
     write fails.
     """
     fetched_at = _check_identity(group_number, batch_number, fetched_at)
-    params = {"group": group_number, "batch": batch_number, "fetched_at": fetched_at}
+    which = Delivered(group_number, batch_number, fetched_at)
     with connection(target) as conn:
-        return _validate_and_store(conn, params, rows)
+        return _validate_and_store(conn, which, rows)
 
 
 def store_delivery(target: DsnOrConnection, delivery_id: int) -> StoreReport:
@@ -250,11 +259,7 @@ def store_delivery(target: DsnOrConnection, delivery_id: int) -> StoreReport:
             with contextlib.suppress(psycopg2.Error):
                 conn.rollback()
             raise StoreError(f"reading delivery {delivery_id} failed: {str(exc).strip()}") from exc
-        params = {
-            "group": delivery.group_number,
-            "batch": delivery.batch_number,
-            "fetched_at": delivery.fetched_at,
-        }
+        which = Delivered(delivery.group_number, delivery.batch_number, delivery.fetched_at)
         return _validate_and_store(
-            conn, params, delivery.rows, also=lambda cur: delete_delivery(cur, delivery_id)
+            conn, which, delivery.rows, also=lambda cur: delete_delivery(cur, delivery_id)
         )
