@@ -35,7 +35,7 @@ gateway="$subnet.1"
 read -r -a lab_hosts <<<"${LAB_HOSTS:-data control serve}"
 key="$lab_dir/ssh/id_ed25519"
 proxy_port=3128
-inventory="$lab_repo/ansible/inventories/lab"
+inventory="$lab_repo/ansible/inventories/lab/hosts.yml"
 # Hosts the registry proxy lets through (tinyproxy filter: extended regexes on the host name).
 registries=('^deb\.debian\.org$' '^security\.debian\.org$' '^pypi\.org$' '^files\.pythonhosted\.org$')
 
@@ -178,28 +178,17 @@ boot_all() {
     note "booted ${#lab_hosts[@]} machines in $(elapsed "$t") s"
 }
 
-lab_provision() {
-    local log; log="$logs/provision-$(date +%Y%m%d-%H%M%S).log"
-    step "provisioning the lab with ansible/site.yml (full output in the log)" "$log"
-    local extra="$lab_dir/extra-vars.json" t; t=$(date +%s)
-    # The controller runs in the lab's namespace, which reaches no package index: build the
-    # project wheel (pip fetches its build backend) out here first.
+# machine.sh's provision(), run inside the lab's namespace with the lab's inventory.
+in_network=(ip netns exec "$netns")
+extra_vars() {
+    # The lab's namespace reaches no package index: build the project wheel (pip fetches its
+    # build backend) out here first.
     local wheel
-    wheel=$(PYTHON="$venv/bin/python" "$lab_repo/scripts/build-wheel.sh" 2>>"$log" | tail -n 1)
+    wheel=$(PYTHON="$venv/bin/python" "$lab_repo/scripts/build-wheel.sh" 2>>"$logs/build-wheel.log" | tail -n 1)
     printf '{"minio_install_method": "source", "minio_source_cache_dir": "%s", "mlops_project_wheel": "%s"}\n' \
-        "$cache" "$wheel" >"$extra"
-    (
-        cd "$lab_repo/ansible"
-        # shellcheck disable=SC2086
-        ANSIBLE_CONFIG="$lab_repo/ansible/ansible.cfg" ANSIBLE_FORCE_COLOR=0 PATH="$venv/bin:$PATH" \
-            in_lab "$venv/bin/ansible-playbook" -i "$inventory/hosts.yml" site.yml -e "@$extra" ${ANSIBLE_ARGS:-}
-    ) 2>&1 | tee "$log" | grep --line-buffered -E '^(PLAY \[|fatal:|failed:)' | sed -u 's/\*\**$//'
-    local rc=${PIPESTATUS[0]}
-    ln -sf "$(basename "$log")" "$logs/provision-latest.log"
-    grep -A6 '^PLAY RECAP' "$log" | sed 's/^/    /'
-    [ "$rc" = 0 ] || { step_log="$log"; return "$rc"; }
-    note "provisioning took $(elapsed "$t") s"
+        "$cache" "$wheel"
 }
+lab_provision() { state="$lab_dir"; provision; }
 
 lab_down() {
     local host pid

@@ -193,28 +193,36 @@ boot() {
     note "booted in $(elapsed "$t") s"
 }
 
+# What provision() runs; scripts/lab.sh sets its own: the inventory (relative to ansible/),
+# the command prefix that reaches the machines' network, and the run's extra variables.
+inventory=inventories/local/hosts.yml
+in_network=()
+extra_vars() { # JSON on stdout: how the minio role gets its binaries
+    if [ -n "${MINIO_BINARY:-}" ]; then
+        printf '{"minio_install_method": "local", "minio_binary_src": "%s", "minio_mc_binary_src": "%s"}\n' \
+            "$(readlink -f "$MINIO_BINARY")" "$(readlink -f "$MC_BINARY")"
+    else
+        printf '{"minio_install_method": "source", "minio_source_cache_dir": "%s"}\n' "$cache"
+    fi
+}
+
 provision() {
     local log; log="$logs/provision-$(date +%Y%m%d-%H%M%S).log"
     step "provisioning with ansible/site.yml (progress below, full output in the log)" "$log"
     local extra="$state/extra-vars.json"
-    if [ -n "${MINIO_BINARY:-}" ]; then
-        printf '{"minio_install_method": "local", "minio_binary_src": "%s", "minio_mc_binary_src": "%s"}\n' \
-            "$(readlink -f "$MINIO_BINARY")" "$(readlink -f "$MC_BINARY")" >"$extra"
-    else
-        printf '{"minio_install_method": "source", "minio_source_cache_dir": "%s"}\n' "$cache" >"$extra"
-    fi
+    extra_vars >"$extra"
     local t; t=$(date +%s)
     (
         cd "$repo/ansible"
         # ANSIBLE_ARGS: extra ansible-playbook arguments, split on spaces on purpose.
         # shellcheck disable=SC2086
         ANSIBLE_CONFIG="$repo/ansible/ansible.cfg" ANSIBLE_FORCE_COLOR=0 PATH="$venv/bin:$PATH" \
-            "$venv/bin/ansible-playbook" -i inventories/local/hosts.yml site.yml -e "@$extra" ${ANSIBLE_ARGS:-}
+            "${in_network[@]}" "$venv/bin/ansible-playbook" -i "$inventory" site.yml -e "@$extra" ${ANSIBLE_ARGS:-}
     ) 2>&1 | tee "$log" | grep --line-buffered -E '^(PLAY \[|TASK \[|RUNNING HANDLER \[|fatal:|failed:)' \
         | sed -u -e 's/\*\**$//' -e 's/^TASK /    /' -e 's/^RUNNING HANDLER /    handler /' -e 's/^PLAY /  PLAY /'
     local rc=${PIPESTATUS[0]}
     ln -sf "$(basename "$log")" "$logs/provision-latest.log"
-    grep -A3 '^PLAY RECAP' "$log" | sed 's/^/    /'
+    sed -n '/^PLAY RECAP/,/^$/p' "$log" | sed 's/^/    /'
     [ "$rc" = 0 ] || { step_log="$log"; return "$rc"; }
     note "provisioning took $(elapsed "$t") s"
 }
