@@ -94,6 +94,8 @@ all:
           ansible_user: root
           ansible_ssh_private_key_file: $key
           ansible_ssh_common_args: -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
+          # The same for Mitogen (ansible.cfg's strategy), which reads only this for host keys.
+          ansible_host_key_checking: false
 EOF
     local g
     for g in postgresql mysql minio mlflow airflow data_api inference_api ui proxy; do
