@@ -26,6 +26,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 TIMEOUT = 60
@@ -33,7 +34,9 @@ TIMEOUT = 60
 
 class ApiError(Exception):
     def __init__(self, status: int, body: dict[str, Any], what: str) -> None:
-        super().__init__(f"{what}: HTTP {status} {body.get('error_code', '')} {body.get('message', '')}")
+        super().__init__(
+            f"{what}: HTTP {status} {body.get('error_code', '')} {body.get('message', '')}"
+        )
         self.status = status
         self.code = body.get("error_code")
 
@@ -67,7 +70,9 @@ class Api:
                 answer = json.loads(raw or b"{}")
             except ValueError:
                 answer = {"message": raw[:200].decode(errors="replace")}
-            raise ApiError(exc.code, answer if isinstance(answer, dict) else {}, f"{method} {path}") from None
+            raise ApiError(
+                exc.code, answer if isinstance(answer, dict) else {}, f"{method} {path}"
+            ) from None
         return json.loads(raw or b"{}") if raw.strip() else {}
 
     def logs_in(self, username: str, password: str) -> bool:
@@ -135,6 +140,9 @@ def ensure_model(api: Api, admin: tuple[str, str], name: str, actions: list[str]
 
 def ensure_user(api: Api, admin: tuple[str, str], user: dict[str, Any], actions: list[str]) -> None:
     name, password = user["username"], user["password"]
+    # The usual case, one request: the user logs in, so it exists with this password.
+    if api.logs_in(name, password):
+        return
     try:
         api.call("GET", "/api/2.0/mlflow/users/get", admin, {"username": name})
     except ApiError as exc:
@@ -148,15 +156,14 @@ def ensure_user(api: Api, admin: tuple[str, str], user: dict[str, Any], actions:
         )
         actions.append(f"user {name} created")
         return
-    if not api.logs_in(name, password):
-        # An admin changing another user's password needs no current_password.
-        api.call(
-            "PATCH",
-            "/api/2.0/mlflow/users/update-password",
-            admin,
-            body={"username": name, "password": password},
-        )
-        actions.append(f"user {name}: password reset")
+    # An admin changing another user's password needs no current_password.
+    api.call(
+        "PATCH",
+        "/api/2.0/mlflow/users/update-password",
+        admin,
+        body={"username": name, "password": password},
+    )
+    actions.append(f"user {name}: password reset")
 
 
 def ensure_grant(
@@ -189,22 +196,39 @@ def ensure_grant(
     )
 
 
+def ensure_account(
+    api: Api,
+    admin: tuple[str, str],
+    user: dict[str, Any],
+    experiments: dict[str, str],
+    actions: list[str],
+) -> None:
+    ensure_user(api, admin, user, actions)
+    for grant in user.get("grants", []):
+        kind, resource = grant["resource_type"], grant["resource"]
+        if kind == "experiment":
+            resource = experiments.get(resource) or experiment_id(api, admin, resource, actions)
+        ensure_grant(api, admin, user["username"], kind, resource, grant["permission"], actions)
+
+
 def apply(spec: dict[str, Any]) -> list[str]:
     api = Api(spec["url"])
     actions: list[str] = []
     admin = ensure_admin(api, spec, actions)
-    experiments = {name: experiment_id(api, admin, name, actions) for name in spec.get("experiments", [])}
+    experiments = {
+        name: experiment_id(api, admin, name, actions) for name in spec.get("experiments", [])
+    }
     for name in spec.get("registered_models", []):
         ensure_model(api, admin, name, actions)
-    for user in spec.get("users", []):
-        ensure_user(api, admin, user, actions)
-        for grant in user.get("grants", []):
-            kind, resource = grant["resource_type"], grant["resource"]
-            if kind == "experiment":
-                resource = experiments.get(resource) or experiment_id(api, admin, resource, actions)
-            ensure_grant(
-                api, admin, user["username"], kind, resource, grant["permission"], actions
-            )
+    # Every authenticated request costs the server a password hash (0.4-0.7 s measured on a
+    # busy 2-core machine): the accounts are checked side by side, not one after another.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        checks = [
+            pool.submit(ensure_account, api, admin, user, experiments, actions)
+            for user in spec.get("users", [])
+        ]
+        for check in checks:
+            check.result()
     return actions
 
 
