@@ -49,7 +49,8 @@ def run_quietly(argv, what, stdin):
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
     if done.returncode != 0:
         # Its error names the user, never the secret (that came on stdin, not in argv).
-        raise McError(what, "", done.stdout.replace(secret, "****").strip()[-500:])
+        output = (done.stderr + done.stdout).replace(secret, "****")
+        raise McError(what, "", output.strip()[-500:])
 
 
 def canonical(document):
