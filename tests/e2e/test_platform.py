@@ -3,7 +3,8 @@
 scripts/machine.sh builds a Debian 13 machine (systemd-nspawn, sharing the host's network) and
 provisions it with ansible/site.yml; then: every unit of mlops.target is active -> every health
 endpoint answers 200 -> the DAG runs until a model is promoted, and once more with another
-batch -> no generated secret shows in a process list, unit file, journal or task log -> the
+batch -> no generated secret shows in a process list, unit file, journal or task log, and
+MLflow's S3 keys are its own MinIO user's (one policy, only the bucket), not root's -> the
 inference API predicts with the served version -> the NiceGUI page predicts in headless
 Chromium -> a second site.yml changes nothing -> the machine restarts and comes back with its
 batches, runs, registered versions and alias intact, and still predicts the same.
@@ -658,6 +659,29 @@ def bucket_objects() -> dict[str, int]:
     return {o["key"]: int(o["size"]) for o in objects if o.get("type") == "file"}
 
 
+def assert_mlflow_has_its_own_minio_user() -> None:
+    """MLflow's env file holds the keys of its own MinIO user (secrets folder: minio-mlflow),
+    never the root password; that user is enabled with the one policy, which names only the
+    bucket. (The DAG runs before this stored their artifacts through it.)"""
+    env = dict(
+        line.split("=", 1)
+        for line in ssh("cat /etc/mlops/mlflow.env").stdout.splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    root_password = (SECRETS / "minio-root").read_text().strip()
+    # Compared here, never printed: a failure message names the key, not its value.
+    assert root_password not in "\n".join(env.values()), "mlflow.env holds MinIO's root password"
+    assert env["AWS_ACCESS_KEY_ID"] == "mlflow", "mlflow.env's S3 key is not user mlflow"
+    secret_matches = env["AWS_SECRET_ACCESS_KEY"] == (SECRETS / "minio-mlflow").read_text().strip()
+    assert secret_matches, "mlflow.env's S3 secret is not the secrets folder's minio-mlflow"
+    info = json.loads(ssh("mlops-mc admin user info --json local mlflow").stdout)
+    assert (info["userStatus"], info["policyName"]) == ("enabled", "mlflow-artifacts"), info
+    policy = json.loads(ssh("mlops-mc admin policy info --json local mlflow-artifacts").stdout)
+    statements = policy["policyInfo"]["Policy"]["Statement"]
+    resources = {r for s in statements for r in s["Resource"]}
+    assert resources == {f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"}, statements
+
+
 def browse_bucket_in_console(prefix: str, home: dict[str, str]) -> None:
     """Log in to the MinIO console (through the proxy, HTTPS verified) with the generated
     root password and see `prefix` (the experiment's folder) in the bucket's object browser."""
@@ -810,6 +834,7 @@ def test_platform_end_to_end(
 
         with phases("no_secret_exposed"):
             assert_no_secret_exposed()
+            assert_mlflow_has_its_own_minio_user()
         phases.notes["served_version"] = version
 
         with phases("inference_serves_promoted_version"):
