@@ -243,7 +243,7 @@ summary() {
     local secrets="$repo/ansible/.secrets/local"
     echo
     say "the platform is up ($(elapsed "$t0") s)"
-    note "Web UI    https://localhost:$(port_of proxy_ui_port)"
+    note "Web UI    https://localhost:$(port_of proxy_ui_port)   user admin  password in $secrets/ui-admin"
     note "Airflow   https://localhost:$(port_of proxy_airflow_port)   user admin  password $(cat "$secrets/airflow-admin" 2>/dev/null)"
     note "MLflow    https://localhost:$(port_of proxy_mlflow_port)"
     note "Inference https://localhost:$(port_of proxy_inference_api_port)   (OpenAPI /schema; ready once the DAG has promoted a model)"

@@ -227,6 +227,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                             ),
                             "dest": "nginx.conf",
                         },
+                        {
+                            "src": str(ANSIBLE_DIR / "roles" / "ui" / "templates" / "ui.env.j2"),
+                            "dest": "ui.env",
+                        },
                     ],
                     "vars": {"common_firewall_allowed_tcp_ports": [22]},
                 },
@@ -281,6 +285,16 @@ def test_status_firewall_and_summary_use_the_declarations(rendered: dict[str, st
     for key in ports["mlops_forwarded_ports"]:
         assert f"https://127.0.0.1:{ports[key]}" in summary, key
     assert "http://127.0.0.1:" not in summary.replace("S3         http://127.0.0.1:", "")
+    # The UI's login: who, and where the generated password is (not the password).
+    (web_ui,) = re.findall(r"^Web UI .*$", summary, re.M)
+    assert re.search(r" user admin  password in /\S+/ui-admin$", web_ui), web_ui
+
+
+def test_the_ui_gets_a_generated_login(rendered: dict[str, str]) -> None:
+    env = dict(line.split("=", 1) for line in rendered["ui.env"].splitlines() if "=" in line[:40])
+    assert env["UI_ADMIN_USERNAME"] == "admin"
+    assert re.fullmatch(r"[A-Za-z0-9]{24}", env["UI_ADMIN_PASSWORD"]), "not generated"
+    assert env["UI_ADMIN_PASSWORD"] not in rendered["summary.txt"]
 
 
 def test_proxy_config_terminates_tls_for_every_service(rendered: dict[str, str]) -> None:

@@ -1,17 +1,20 @@
-"""The NiceGUI app: three pages, each a function of the settings, and a health route."""
+"""The NiceGUI app: three pages, each a function of the settings, behind a login (ui/auth.py),
+and a health route."""
 
 from __future__ import annotations
 
 from nicegui import app, ui
 
 from app.settings import UiSettings
-from ui import data_page, layout, model_page, predict_page
+from ui import auth, data_page, layout, model_page, predict_page
 
 TITLE = "Forest cover"
 
 
 def register_pages(settings: UiSettings) -> None:
     """Register the routes on NiceGUI's app (once per process, or per simulated test app)."""
+    auth.check_settings(settings)
+    auth.register(settings, TITLE)
 
     @ui.page("/", title=f"Predict · {TITLE}")
     def predict() -> None:

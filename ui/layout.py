@@ -1,11 +1,13 @@
-"""What every page shares: the header (pages and the platform's other UIs) and the notice a
-section shows in place of its content when its backend fails."""
+"""What every page shares: the header (pages, the platform's other UIs, who is logged in and
+the logout button) and the notice a section shows in place of its content when its backend
+fails."""
 
 from __future__ import annotations
 
 from nicegui import ui
 
 from app.settings import UiSettings
+from ui import auth
 
 PAGES: tuple[tuple[str, str], ...] = (("Predict", "/"), ("Model", "/model"), ("Data", "/data"))
 
@@ -29,6 +31,10 @@ def header(settings: UiSettings, current: str) -> None:
             ("MinIO console", settings.minio_console_url),
         ):
             ui.link(title, url, new_tab=True).classes("text-white").mark(f"external-{slug(title)}")
+        ui.label(settings.admin_username).classes("text-white text-caption").mark("logged-in-as")
+        ui.button("Log out", icon="logout", on_click=auth.logout).props(
+            "flat dense color=white"
+        ).mark("logout")
 
 
 def _banner(message: str, marker: str, card_classes: str, icon: str, color: str) -> ui.card:

@@ -11,7 +11,7 @@ from typing import Any
 from nicegui import run, ui
 
 from app.settings import UiSettings
-from ui import charts, inference_client, layout, registry_client
+from ui import auth, charts, inference_client, layout, registry_client
 from ui.backend import as_backend_error, to_backend_error
 from ui.inference_client import InferenceClient
 from ui.registry_client import Registry, RegistryClient, VersionSummary
@@ -95,6 +95,13 @@ class ModelPage:
             label.text = "unknown (MLflow unavailable)"
 
     async def reload(self) -> None:
+        # The page is only served after a login, but the button outlives it (a logout in
+        # another tab, a new password): the admin token is sent only for a session that is
+        # logged in now.
+        if not auth.is_authenticated(self.settings):
+            ui.notify("Log in again to reload the model: nothing was sent", type="warning")
+            ui.navigate.to(f"{auth.LOGIN_PATH}?redirect_to=/model")
+            return
         self.reload_button.props("loading")
         try:
             answer = await run.io_bound(self.inference.reload)

@@ -5,9 +5,10 @@ provisions it with ansible/site.yml; then: every unit of mlops.target is active 
 endpoint answers 200 -> the DAG runs until a model is promoted, and once more with another
 batch -> no generated secret shows in a process list, unit file, journal or task log, and
 MLflow's S3 keys are its own MinIO user's (one policy, only the bucket), not root's -> the
-inference API predicts with the served version -> the NiceGUI page predicts in headless
-Chromium -> a second site.yml changes nothing -> the machine restarts and comes back with its
-batches, runs, registered versions and alias intact, and still predicts the same.
+inference API predicts with the served version -> the NiceGUI page, which sends an anonymous
+browser to its login page, logs in and predicts in headless Chromium -> a second site.yml
+changes nothing -> the machine restarts and comes back with its batches, runs, registered
+versions and alias intact, and still predicts the same.
 
 Needs root, systemd-nspawn, debootstrap and Debian's chromium; about 10 minutes on 2 cores. The
 machine's disk is rebuilt from the cached pristine rootfs (PURGE), so a local machine left
@@ -553,10 +554,15 @@ def assert_tls_entry_point() -> None:
         plain = httpx.get(f"http://127.0.0.1:{port}{path}?a=1", timeout=30)
         assert plain.status_code in (301, 308), f"plain HTTP on {port}: {plain.status_code}"
         assert plain.headers["location"] == f"https://127.0.0.1:{port}{path}?a=1", plain.headers
-    # The UI's header links point at the proxy.
-    page = httpx.get(f"{UI}/", timeout=30, verify=tls()).text
-    for name in ("proxy_airflow_port", "proxy_mlflow_port", "proxy_minio_console_port"):
-        assert f":{PROXY_PORTS[name]}" in page, f"the UI page has no link to {name}"
+    # The UI's pages need its login: anonymous, each one redirects to the login page (the
+    # header's links are checked after the login, in predict_in_browser).
+    for path in ("/", "/model", "/data"):
+        anonymous = httpx.get(f"{UI}{path}", timeout=30, verify=tls())
+        assert anonymous.status_code == 303, f"{UI}{path}: {anonymous.status_code}"
+        assert anonymous.headers["location"] == f"/login?redirect_to={quote(path, safe='')}", (
+            anonymous.headers
+        )
+    assert httpx.get(f"{UI}/login", timeout=30, verify=tls()).status_code == 200
 
 
 def assert_port_audit() -> list[str]:
@@ -619,6 +625,7 @@ def predict_in_browser(
     from playwright.sync_api import expect, sync_playwright
 
     prediction = answer["predictions"][0]
+    password = (SECRETS / "ui-admin").read_text().strip()
     errors: list[str] = []
     with sync_playwright() as p:
         browser = launch_chromium(p, home)
@@ -626,12 +633,24 @@ def predict_in_browser(
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(60_000)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # Anonymous, the UI sends the browser to its login page first.
             response = page.goto(UI)
             assert response is not None and response.ok, response
-            assert page.url.startswith("https://"), page.url
+            assert page.url == f"{UI}/login?redirect_to=%2F", page.url
             security = response.security_details()
             assert security and security.get("protocol", "").startswith("TLS"), security
+            page.get_by_label("User name", exact=True).fill("admin")
+            page.get_by_label("Password", exact=True).fill(f"not-{password}")
+            page.get_by_role("button", name="Log in").click()
+            expect(page.get_by_text("Wrong user name or password.")).to_be_visible()
+            page.get_by_label("Password", exact=True).fill(password)
+            page.get_by_role("button", name="Log in").click()
+            expect(page).to_have_url(f"{UI}/")
             expect(page.get_by_label("Elevation", exact=True)).not_to_have_value("")
+            # The header's links point at the proxy.
+            content = page.content()
+            for name in ("proxy_airflow_port", "proxy_mlflow_port", "proxy_minio_console_port"):
+                assert f":{PROXY_PORTS[name]}" in content, f"the UI page has no link to {name}"
             for column, value in record.items():
                 if isinstance(value, int):
                     page.get_by_label(label_of(column), exact=True).fill(str(value))

@@ -18,12 +18,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import httpx
 import pandas as pd
 import psycopg2
 import pytest
 import pytest_asyncio
+from nicegui.storage import Storage
 from nicegui.testing import User, user_simulation
 
 from tests.servers import PostgresServer
@@ -31,6 +33,9 @@ from tests.test_inference.support import api_process, wait_until
 from tests.test_ui.support import (
     ALIAS,
     MAIN_FILE,
+    SEE_RETRIES,
+    UI_PASSWORD,
+    UI_USERNAME,
     UI_VARIABLES,
     BatchesStore,
     Served,
@@ -41,22 +46,39 @@ from tests.test_ui.support import (
 StartUser = Callable[..., Awaitable[User]]
 
 
+async def log_in(user: User, path: str = "/login") -> None:
+    """Log in through the login page, as a person does: `path` is where the user was going
+    (the UI sends an anonymous request to /login?redirect_to=...)."""
+    await user.open(path)
+    await user.should_see(marker="login")
+    user.find(marker="login-username").type(UI_USERNAME)
+    user.find(marker="login-password").type(UI_PASSWORD)
+    user.find(marker="login").click()
+    await user.should_see(marker="logout", retries=SEE_RETRIES)
+
+
 @pytest_asyncio.fixture
 async def ui_user(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> AsyncIterator[StartUser]:
     """`await ui_user(INFERENCE_API_URL=...)` -> a simulated user of the app started with
-    those settings (the rest: backends down). Like NiceGUI's `user` fixture, the test fails if
-    the app logged an ERROR (an exception in a page or handler)."""
+    those settings (the rest: backends down), logged in through the login page
+    (`login=False`: anonymous). Like NiceGUI's `user` fixture, the test fails if the app
+    logged an ERROR (an exception in a page or handler)."""
+    # The sessions' server-side storage (app.storage.user), not the repository's .nicegui/.
+    monkeypatch.setattr(Storage, "path", tmp_path / "nicegui")
 
     async with AsyncExitStack() as stack:
 
-        async def start(**env: str) -> User:
+        async def start(*, login: bool = True, **env: str) -> User:
             for name in UI_VARIABLES:
                 monkeypatch.delenv(name, raising=False)
             for name, value in {**all_down_env(), **env}.items():
                 monkeypatch.setenv(name, value)
-            return await stack.enter_async_context(user_simulation(main_file=MAIN_FILE))
+            user = await stack.enter_async_context(user_simulation(main_file=MAIN_FILE))
+            if login:
+                await log_in(user)
+            return user
 
         yield start
     errors = [

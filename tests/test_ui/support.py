@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,10 @@ ALIAS = "production"
 # How often should_see looks again (every 0.1 s) for content the backends fill in: a bound on
 # waiting on a busy machine, not a timing check.
 SEE_RETRIES = 300
+# The UI's login in every test (UI_ADMIN_USERNAME / UI_ADMIN_PASSWORD); generated, as
+# provisioning does.
+UI_USERNAME = "admin"
+UI_PASSWORD = secrets.token_urlsafe(18)
 
 UI_VARIABLES = (
     "INFERENCE_API_URL",
@@ -36,6 +41,8 @@ UI_VARIABLES = (
     "UI_RELOAD_TIMEOUT",
     "UI_DB_CONNECT_TIMEOUT",
     "UI_STORAGE_SECRET",
+    "UI_ADMIN_USERNAME",
+    "UI_ADMIN_PASSWORD",
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "INFERENCE_API_TOKEN",
@@ -64,7 +71,33 @@ def all_down_env() -> dict[str, str]:
         "UI_HTTP_CONNECT_TIMEOUT": "2",
         "UI_HTTP_READ_TIMEOUT": "60",
         "UI_STORAGE_SECRET": uuid.uuid4().hex,
+        "UI_ADMIN_USERNAME": UI_USERNAME,
+        "UI_ADMIN_PASSWORD": UI_PASSWORD,
     }
+
+
+def login_env() -> dict[str, str]:
+    """What a `python -m ui` process needs for its login (the unit's env file has the same)."""
+    return {
+        "UI_STORAGE_SECRET": secrets.token_hex(24),
+        "UI_ADMIN_USERNAME": UI_USERNAME,
+        "UI_ADMIN_PASSWORD": UI_PASSWORD,
+    }
+
+
+def log_in_in_browser(page, url: str, path: str = "/") -> None:  # noqa: ANN001 - Playwright's Page
+    """Open `url` + `path` in a Playwright page as a person would: the UI sends the browser to
+    its login page, which after the right password brings it back to `path`."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}{path}")
+    expect(page).to_have_url(re.compile(r"/login\?redirect_to="))
+    page.get_by_label("User name", exact=True).fill(UI_USERNAME)
+    page.get_by_label("Password", exact=True).fill(UI_PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page).to_have_url(f"{url}{path}")
 
 
 @dataclass(frozen=True)

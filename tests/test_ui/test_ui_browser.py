@@ -5,6 +5,7 @@ PostgreSQL: fill the form, predict, see the result. Screenshots go to test-artif
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,14 @@ import httpx
 import pytest
 
 from tests.servers import free_port, wait_for
-from tests.test_ui.support import ARTIFACTS, REPO_ROOT, BatchesStore, Served
+from tests.test_ui.support import (
+    ARTIFACTS,
+    REPO_ROOT,
+    BatchesStore,
+    Served,
+    log_in_in_browser,
+    login_env,
+)
 from ui import examples
 from ui.feature_form import label_of
 
@@ -49,7 +57,7 @@ def ui_process(
         "UI_PORT": str(port),
         **served.env(),
         "BATCHES_DB_DSN": batches_store.reader_dsn,
-        "UI_STORAGE_SECRET": os.urandom(16).hex(),
+        **login_env(),
         "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
     }
     log = tmp_path / "ui.log"
@@ -95,7 +103,7 @@ def test_fill_the_form_predict_and_see_the_result_in_chromium(
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(WAIT_MS)
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
-            page.goto(url)
+            log_in_in_browser(page, url)
 
             elevation = page.get_by_label("Elevation", exact=True)
             expect(elevation).not_to_have_value("")  # prefilled with a real row
@@ -159,6 +167,13 @@ def test_fill_the_form_predict_and_see_the_result_in_chromium(
             expect(page.get_by_text("2 (latest: 2)")).to_be_visible()
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "ui-data.png"), full_page=True)
+
+            page.get_by_role("button", name="Log out").click()
+            expect(page).to_have_url(re.compile(r"/login"))
+            page.goto(f"{url}/model")
+            expect(page).to_have_url(f"{url}/login?redirect_to=%2Fmodel")
+            expect(page.get_by_text("Serving now")).to_have_count(0)
+            page.screenshot(path=str(ARTIFACTS / "ui-login.png"), full_page=True)
         finally:
             browser.close()
     assert not page_errors, page_errors

@@ -18,7 +18,14 @@ from app.batch_store.migrations import apply_migrations
 from app.batch_store.store import store_batch
 from tests.servers import PostgresServer, free_port, wait_for
 from tests.test_ui.conftest import reader_dsn
-from tests.test_ui.support import ARTIFACTS, REPO_ROOT, closed_url, sample_rows
+from tests.test_ui.support import (
+    ARTIFACTS,
+    REPO_ROOT,
+    closed_url,
+    log_in_in_browser,
+    login_env,
+    sample_rows,
+)
 from tests.test_ui.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
 
 pytestmark = pytest.mark.skipif(
@@ -41,7 +48,7 @@ def ui_with_a_gap(batches_dsn: str, postgres: PostgresServer, tmp_path: Path) ->
         "BATCHES_DB_DSN": reader_dsn(postgres, batches_dsn),
         "INFERENCE_API_URL": closed_url(),
         "MLFLOW_TRACKING_URI": closed_url(),
-        "UI_STORAGE_SECRET": os.urandom(16).hex(),
+        **login_env(),
         "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
     }
     log = tmp_path / "ui.log"
@@ -80,7 +87,7 @@ def test_the_gap_warning_is_visible_in_chromium(ui_with_a_gap: str) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(WAIT_MS)
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
-            page.goto(f"{ui_with_a_gap}/data")
+            log_in_in_browser(page, ui_with_a_gap, "/data")
             warning = page.get_by_text("Batches 3, 4, 5 of group 5 never arrived")
             expect(warning).to_be_visible()
             expect(warning).to_contain_text("(latest received: 6)")

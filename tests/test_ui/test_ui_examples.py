@@ -49,12 +49,21 @@ def test_a_random_example_is_never_the_current_one() -> None:
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("UI_PORT", "INFERENCE_API_URL", "UI_STORAGE_SECRET", "BATCHES_DB_DSN"):
+    for name in (
+        "UI_PORT",
+        "INFERENCE_API_URL",
+        "UI_STORAGE_SECRET",
+        "BATCHES_DB_DSN",
+        "UI_ADMIN_USERNAME",
+        "UI_ADMIN_PASSWORD",
+    ):
         monkeypatch.delenv(name, raising=False)
     defaults = UiSettings()
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8503)
     assert defaults.inference_api_url == "http://127.0.0.1:8000"
     assert defaults.storage_secret is None
+    # No default password (the UI then refuses to start: test_ui_login.py).
+    assert (defaults.admin_username, defaults.admin_password) == ("admin", None)
     assert "batches_reader@" in defaults.batches_db_dsn
 
     monkeypatch.setenv("UI_PORT", "9999")
@@ -64,6 +73,9 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.port == 9999
     assert settings.airflow_url == "http://vm.example:8080"
     assert settings.storage_secret == "s3cret"
+    monkeypatch.setenv("UI_ADMIN_PASSWORD", "a-generated-password")
+    assert UiSettings().admin_password == "a-generated-password"
+    assert "a-generated-password" not in repr(UiSettings())
 
     monkeypatch.setenv("UI_HTTP_READ_TIMEOUT", "soon")
     with pytest.raises(SettingsError, match="UI_HTTP_READ_TIMEOUT"):
