@@ -17,7 +17,6 @@ from tests.conftest import REPO_ROOT
 
 ANSIBLE = REPO_ROOT / "ansible"
 PORTS = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "ports.yml").read_text())
-CELERY = yaml.safe_load((ANSIBLE / "group_vars" / "all" / "celery.yml").read_text())
 FACTS = [
     "mlops_listen",
     "common_firewall_private_ports",
@@ -111,7 +110,7 @@ def test_the_lab_with_celery_workers_opens_what_the_workers_call(lab, lab_celery
     control, serve = "10.77.0.12", "10.77.0.13"
     assert rules(lab_celery["lab-control"]) == {
         **rules(lab["lab-control"]),
-        CELERY["redis_port"]: [serve],
+        PORTS["redis_port"]: [serve],
     }
     assert rules(lab_celery["lab-serve"]) == {
         **rules(lab["lab-serve"]),
