@@ -186,4 +186,15 @@ def derive(
 def derive_row(row: Mapping[str, Any], names: Sequence[str]) -> list[float]:
     """The derived features `names` of one row (raw column name -> a float or a string), by
     the same definitions as `derive`, in Python floats: the serving path for a few rows."""
-    return [float(BY_NAME[n].compute(_Scalar, *(row[c] for c in BY_NAME[n].inputs))) for n in names]
+    return row_deriver(names)(row)
+
+
+def row_deriver(names: Sequence[str]) -> Callable[[Mapping[str, Any]], list[float]]:
+    """derive_row for a fixed list of names, with the name lookups done once: a served model
+    makes one and calls it per row (half the cost of derive_row's lookups per call)."""
+    plan = [(BY_NAME[n].compute, BY_NAME[n].inputs) for n in names]
+
+    def derive(row: Mapping[str, Any]) -> list[float]:
+        return [float(compute(_Scalar, *[row[c] for c in inputs])) for compute, inputs in plan]
+
+    return derive

@@ -12,13 +12,13 @@ import contextlib
 import itertools
 import operator
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import anyio.to_thread
 import msgspec
 import numpy as np
-from litestar import Controller, Litestar, Request, Response, get, post
+from litestar import Controller, Litestar, MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import (
     HTTPException,
@@ -35,8 +35,9 @@ from litestar.params import Parameter
 
 from app.covertype import COVER_TYPES, FEATURE_COLUMNS
 from app.inference import auth
-from app.inference.backends import Backend
+from app.inference.backends import Answers, Backend, answers
 from app.inference.model_holder import ModelHolder
+from app.inference.predict_worker import PredictionWorker
 from app.inference.registry import (
     InvalidRequest,
     LoadedModel,
@@ -59,15 +60,17 @@ from app.inference.schemas import (
 )
 from app.settings import InferenceSettings
 
-# Above this many rows (or on the sklearn backend) a prediction runs in a worker thread so the
-# event loop keeps serving; below it the thread hop would cost more than the prediction.
-INLINE_ROWS = 64
+# Up to this many rows an ONNX prediction goes to the PredictionWorker's thread, merged with
+# other small requests (app.inference.predict_worker); larger ones, and the sklearn backend,
+# run in anyio's worker threads.
+WORKER_ROWS = 64
 # From this many rows an ONNX prediction is split over INFERENCE_BATCH_THREADS worker threads
 # at once: ONNX Runtime releases the GIL, so a 1,000-row batch uses the second core, while the
 # thread hops cost more than they save on smaller requests.
 SPLIT_ROWS = 256
 
 _record_values = operator.attrgetter(*FEATURE_COLUMNS)
+_ENCODER = msgspec.json.Encoder()
 
 
 class BadGatewayException(HTTPException):
@@ -84,6 +87,7 @@ class PredictInput:
     max_rows: int
     body_schema: dict[str, Any]
     batch_threads: int = 1
+    worker: PredictionWorker = field(default_factory=PredictionWorker)
 
 
 def _predict_input(max_rows: int, batch_threads: int = 1) -> PredictInput:
@@ -132,35 +136,38 @@ def _columns(records: Any) -> dict[str, tuple[Any, ...]]:
 
 
 async def _predict(
-    backend: Backend, columns: dict[str, tuple[Any, ...]], threads: int
-) -> tuple[np.ndarray, np.ndarray]:
+    backend: Backend, columns: dict[str, tuple[Any, ...]], predict_input: PredictInput
+) -> Answers:
     rows = len(columns[FEATURE_COLUMNS[0]])
-    if backend.name == "onnx" and rows <= INLINE_ROWS:
-        return backend.predict(columns)
+    threads = predict_input.batch_threads
+    if backend.name == "onnx" and rows <= WORKER_ROWS:
+        return await predict_input.worker.answers(backend, columns)
     if backend.name != "onnx" or threads <= 1 or rows < SPLIT_ROWS:
-        return await anyio.to_thread.run_sync(backend.predict, columns)
+        return await anyio.to_thread.run_sync(answers, backend, columns)
     bounds = np.linspace(0, rows, threads + 1).astype(int).tolist()
-    parts: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * threads
+    parts: list[Answers] = [Answers([], [])] * threads
 
     async def run(start: int, stop: int, slot: int) -> None:
         chunk = {c: v[start:stop] for c, v in columns.items()}
-        parts[slot] = await anyio.to_thread.run_sync(backend.predict, chunk)
+        parts[slot] = await anyio.to_thread.run_sync(answers, backend, chunk)
 
     async with anyio.create_task_group() as group:
         for slot, (start, stop) in enumerate(itertools.pairwise(bounds)):
             group.start_soon(run, start, stop, slot)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return Answers(
+        list(itertools.chain.from_iterable(p.labels for p in parts)),
+        list(itertools.chain.from_iterable(p.probabilities for p in parts)),
+    )
 
 
-def _response(model: LoadedModel, labels: np.ndarray, probabilities: np.ndarray) -> PredictResponse:
-    rows = np.round(probabilities.astype(np.float64), 6).tolist()
+def _response(model: LoadedModel, answered: Answers) -> PredictResponse:
     predictions = [
         Prediction(
             cover_type=label,
             cover_type_name=COVER_TYPES[label],
             probabilities=dict(zip(CLASS_NAMES, row, strict=True)),
         )
-        for label, row in zip(labels.tolist(), rows, strict=True)
+        for label, row in zip(answered.labels, answered.probabilities, strict=True)
     ]
     return PredictResponse(
         model_name=model.ref.name,
@@ -209,7 +216,7 @@ def prediction_controller(
                 )
             ),
         )
-        async def predict(self, request: Request[Any, Any, State]) -> PredictResponse:
+        async def predict(self, request: Request[Any, Any, State]) -> Response[PredictResponse]:
             body = await request.body()
             try:
                 records = predict_input.decoder.decode(body)
@@ -225,10 +232,11 @@ def prediction_controller(
                     detail=_holder(request.app.state).waiting_reason(),
                     headers={"Retry-After": "5"},
                 )
-            labels, probabilities = await _predict(
-                model.backend, _columns(records), predict_input.batch_threads
-            )
-            return _response(model, labels, probabilities)
+            answered = await _predict(model.backend, _columns(records), predict_input)
+            # Encoded here: Litestar passes bytes through, and its path for a returned struct
+            # (serializer lookup, type encoders) cost twice its path for a Response.
+            encoded = _ENCODER.encode(_response(model, answered))
+            return Response(encoded, media_type=MediaType.JSON)  # type: ignore[arg-type]
 
     return PredictionController
 
@@ -341,6 +349,7 @@ def create_app(
 ) -> Litestar:
     settings = settings or InferenceSettings()
     holder = ModelHolder(settings, registry or ModelRegistry(settings))
+    predict_input = _predict_input(settings.max_rows, settings.batch_threads)
 
     @contextlib.asynccontextmanager
     async def watcher(app: Litestar) -> AsyncIterator[None]:
@@ -353,12 +362,11 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            predict_input.worker.close()
 
     return Litestar(
         route_handlers=[
-            prediction_controller(
-                _predict_input(settings.max_rows, settings.batch_threads), settings
-            ),
+            prediction_controller(predict_input, settings),
             ModelController,
             health,
             ready,

@@ -7,7 +7,7 @@ spread over all 7 cover types, so the API never builds a DataFrame on the ONNX p
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,15 +33,35 @@ class Backend(Protocol):
         ...
 
 
-def _spread(classes: Sequence[int]) -> np.ndarray:
+class Answers(NamedTuple):
+    """What /predict answers, as plain Python values ready to encode: the class number of each
+    row, and its probabilities (ALL_CLASSES order) rounded to 6 decimals."""
+
+    labels: list[int]
+    probabilities: list[list[float]]
+
+
+def answers(backend: Backend, columns: Columns) -> Answers:
+    """backend.predict as Answers. One numpy pass for all rows of the call: converting row by
+    row would pay numpy's per-call cost on every request (app.inference.predict_worker merges
+    small requests into one call for this too)."""
+    labels, probabilities = backend.predict(columns)
+    return Answers(labels.tolist(), np.round(probabilities.astype(np.float64), 6).tolist())
+
+
+def _spread(classes: Sequence[int]) -> np.ndarray | None:
+    """Where each of the model's classes goes in ALL_CLASSES; None when the model has them
+    all, in order (the usual case, then nothing needs moving)."""
     unknown = set(classes) - set(ALL_CLASSES)
     if unknown:
         raise ValueError(f"model predicts classes {sorted(unknown)} outside 1..7")
+    if tuple(classes) == ALL_CLASSES:
+        return None
     return np.array([ALL_CLASSES.index(c) for c in classes], dtype=np.intp)
 
 
-def _widen(probabilities: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    if len(positions) == len(ALL_CLASSES) and (positions == np.arange(len(ALL_CLASSES))).all():
+def _widen(probabilities: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    if positions is None:
         return probabilities
     full = np.zeros((probabilities.shape[0], len(ALL_CLASSES)), dtype=probabilities.dtype)
     full[:, positions] = probabilities
