@@ -90,3 +90,30 @@ def test_the_ui_answers_through_the_proxy_inside_the_lab(lab) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.stdout == "200", result.stdout + result.stderr
+
+
+def lab_executor() -> str:
+    """The executor the lab was provisioned with (airflow.cfg on the scheduler's host)."""
+    found = on("lab-control", "sed -n 's/^executor *= *//p' /etc/mlops/airflow.cfg").stdout
+    return found.strip()
+
+
+@pytest.mark.parametrize(
+    ("client", "server", "port", "allowed"),
+    [
+        ("lab-serve", "lab-control", PORTS["redis_port"], True),  # the worker on serve
+        ("lab-data", "lab-control", PORTS["redis_port"], False),  # no worker on data
+        ("lab-control", "lab-serve", PORTS["airflow_worker_log_server_port"], True),  # logs
+        ("lab-data", "lab-serve", PORTS["airflow_worker_log_server_port"], False),
+        ("lab-serve", "lab-data", PORTS["minio_api_port"], False),  # artifacts via MLflow
+    ],
+)
+def test_with_celery_workers_only_their_callers_reach_redis_and_their_logs(
+    lab, client, server, port, allowed
+):
+    """With `-e mlops_airflow_executor=CeleryExecutor` (workers on lab-control and lab-serve,
+    Redis on lab-control): the broker and the workers' log servers open to exactly their
+    callers."""
+    if lab_executor() != "CeleryExecutor":
+        pytest.skip("the lab runs the LocalExecutor (provision it with the CeleryExecutor)")
+    assert can_connect(client, server, port) is allowed
