@@ -7,8 +7,9 @@ batch -> no generated secret shows in a process list, unit file, journal or task
 MLflow's S3 keys are its own MinIO user's (one policy, only the bucket), not root's -> the
 inference API predicts with the served version -> the NiceGUI page, which sends an anonymous
 browser to its login page, logs in and predicts in headless Chromium -> a second site.yml
-changes nothing -> the machine restarts and comes back with its batches, runs, registered
-versions and alias intact, and still predicts the same.
+changes nothing -> Chromium logs in to the MinIO console, MLflow (basic auth; anonymous is
+refused) and Airflow (its login form) -> the machine restarts and comes back with its
+batches, runs, registered versions and alias intact, and still predicts the same.
 
 Needs root, systemd-nspawn, debootstrap and Debian's chromium; about 10 minutes on 2 cores. The
 machine's disk is rebuilt from the cached pristine rootfs (PURGE), so a local machine left
@@ -724,6 +725,52 @@ def browse_bucket_in_console(prefix: str, home: dict[str, str]) -> None:
             browser.close()
 
 
+def log_in_to_mlflow_and_airflow_in_browser(home: dict[str, str]) -> None:
+    """Chromium through the proxy (HTTPS verified): MLflow refuses an anonymous page (401) and
+    shows the experiment to the admin's basic-auth credentials; Airflow sends an anonymous
+    browser to its login form, and the admin's generated password opens the DAG."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import expect, sync_playwright
+
+    mlflow_url = f"https://localhost:{PORTS['proxy_mlflow_port']}"
+    airflow_url = f"https://localhost:{PORTS['proxy_airflow_port']}"
+    mlflow_password = (SECRETS / "mlflow-admin").read_text().strip()
+    airflow_password = (SECRETS / "airflow-admin").read_text().strip()
+    with sync_playwright() as p:
+        browser = launch_chromium(p, home)
+        try:
+            # Chromium without credentials turns MLflow's 401 + WWW-Authenticate into this.
+            with pytest.raises(PlaywrightError, match="ERR_INVALID_AUTH_CREDENTIALS"):
+                browser.new_page().goto(f"{mlflow_url}/")
+            mlflow = browser.new_context(
+                http_credentials={"username": "admin", "password": mlflow_password},
+                viewport={"width": 1280, "height": 900},
+            )
+            page = mlflow.new_page()
+            page.set_default_timeout(60_000)
+            response = page.goto(f"{mlflow_url}/#/experiments")
+            assert response is not None and response.ok, response
+            # The list is the first page of MLflow's single-page app; its first load is slow.
+            shown = page.get_by_text(EXPERIMENT, exact=True).filter(visible=True).first
+            expect(shown).to_be_visible(timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "e2e-mlflow-ui.png"), full_page=True)
+            mlflow.close()
+
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(f"{airflow_url}/")
+            page.wait_for_url(re.compile(r"/auth/login"))
+            page.locator("#username").fill("admin")
+            page.locator("#password").fill(airflow_password)
+            page.locator("#password").press("Enter")
+            page.wait_for_url(lambda url: "/auth/login" not in url)
+            page.goto(f"{airflow_url}/dags/{DAG_ID}")
+            expect(page.get_by_text(DAG_ID).first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "e2e-airflow-ui.png"), full_page=True)
+        finally:
+            browser.close()
+
+
 def main_pid(unit: str) -> int:
     return int(ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip() or 0)
 
@@ -914,6 +961,9 @@ def test_platform_end_to_end(
         with phases("minio_console_in_chromium"):
             experiment = next(iter(before_objects)).split("/")[0]
             browse_bucket_in_console(experiment, browser_home(tmp_path))
+
+        with phases("mlflow_and_airflow_logins_in_chromium"):
+            log_in_to_mlflow_and_airflow_in_browser(browser_home(tmp_path))
 
         with phases("fault_every_unit"):
             recovery = {unit: kill_and_time_recovery(unit) for unit in FAULT_UNITS}
