@@ -352,6 +352,47 @@ def test_inventory_renders_with_every_service_group(tmp_path: Path) -> None:
     assert hostvars["mlflow_health_wait_seconds"] == 1200
 
 
+def test_emulated_vm_vars_win_over_the_playbooks_group_vars(tmp_path: Path) -> None:
+    # emulated-vm.yml sets mlops_mlflow_workers, which group_vars/all/main.yml also sets:
+    # only host variables outrank a playbook's group_vars/all, so an inventory `all: vars`
+    # would silently keep two MLflow workers on an emulated VM.
+    emulated = yaml.safe_load(EMULATED_VM_VARS.read_text())
+    inventory = tmp_path / "inventory.yml"
+    template = (TERRAFORM_DIR / "templates" / "inventory.yml.tftpl").read_text()
+    inventory.write_text(render(template, {**SAMPLE_VALUES, "emulation_vars": emulated}))
+    names = sorted(emulated)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ansible"),
+            "-i",
+            str(inventory),
+            "--playbook-dir",
+            str(SITE_YML.parent),
+            SAMPLE_VALUES["host_name"],
+            "-c",
+            "local",
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            "msg={{ [" + ", ".join(names) + "] | to_json }}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "ANSIBLE_STRATEGY": "linear",
+            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
+            "ANSIBLE_STDOUT_CALLBACK": "json",
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (task,) = json.loads(result.stdout)["plays"][0]["tasks"]
+    resolved = json.loads(task["hosts"][SAMPLE_VALUES["host_name"]]["msg"])
+    assert dict(zip(names, resolved, strict=True)) == emulated
+    assert "mlops_mlflow_workers" in emulated
+
+
 def test_cloud_init_creates_the_admin_user_with_the_key() -> None:
     text = rendered("cloud-init.yaml.tftpl")
     assert text.startswith("#cloud-config\n")
