@@ -117,6 +117,12 @@ def _classify(exc: Exception, what: str) -> RegistryError:
     return Unreachable(f"{what}: {type(exc).__name__}: {_short(str(exc))}")
 
 
+def _files_missing(exc: Exception) -> bool:
+    # MLflow's artifact download wraps each file's HTTP 404 into one MlflowException text.
+    text = str(exc)
+    return "RESOURCE_DOES_NOT_EXIST" in text or "404 Client Error" in text
+
+
 def _short(message: str) -> str:
     # urllib3's messages repeat the URL and the pool; the cause at the end is what matters.
     cause = re.search(r"Caused by \w+\((?:.*?: )?(.*)\)\)?$", message)
@@ -278,7 +284,15 @@ class ModelRegistry:
                 artifact_uri=uri, dst_path=str(tmp / "model"), tracking_uri=self._uri
             )
         except Exception as exc:  # noqa: BLE001
-            raise _classify(exc, f"downloading {self.name} version {ref.version}") from exc
+            error = _classify(exc, f"downloading {self.name} version {ref.version}")
+            # The version exists (it was resolved): missing files are a broken store, which
+            # a caller must hear as such (502), not as "no such version" (404).
+            if isinstance(error, NotFound) or _files_missing(exc):
+                raise LoadFailed(
+                    f"{self.name} version {ref.version} could not be loaded: its model files "
+                    f"are missing from the artifact store ({error})"
+                ) from exc
+            raise error from exc
         try:
             pipeline: Any = mlflow.sklearn.load_model(local)
             return SklearnBackend(pipeline)

@@ -13,7 +13,7 @@ from litestar.testing import TestClient
 from mlflow.tracking import MlflowClient
 
 from tests.mlflow_server import MlflowServer
-from tests.test_inference.models import register, register_broken, small_forest
+from tests.test_inference.models import EXPERIMENT, register, register_broken, small_forest
 from tests.test_inference.support import (
     Frames,
     Versions,
@@ -172,6 +172,18 @@ def test_a_failed_load_keeps_the_old_model_serving(tracking_uri: str, frames: Fr
         explicit = api.post("/model/reload", params={"version": broken.version})
         assert explicit.status_code == 502
         assert "could not be loaded" in explicit.json()["detail"]
+        assert _served_version(api) == good.version
+
+        # A version whose files never reached the store: the store is broken (502), the
+        # version is not unknown (404).
+        empty_run = client.create_run(client.get_experiment_by_name(EXPERIMENT).experiment_id)
+        client.set_terminated(empty_run.info.run_id)
+        no_files = client.create_model_version(
+            name, f"{empty_run.info.artifact_uri}/model", run_id=empty_run.info.run_id
+        )
+        gone = api.post("/model/reload", params={"version": no_files.version})
+        assert gone.status_code == 502, gone.text
+        assert "missing from the artifact store" in gone.json()["detail"]
         assert _served_version(api) == good.version
 
         client.set_registered_model_alias(name, "production", good.version)
