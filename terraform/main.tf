@@ -49,6 +49,11 @@ resource "libvirt_volume" "root" {
 resource "libvirt_cloudinit_disk" "init" {
   name = "${var.vm_name}-cloudinit.iso"
   pool = var.storage_pool
+  # One storage-pool upload at a time: created side by side with the root volume, the
+  # provider deadlocked (both "Still creating" for 5 minutes, its libvirt socket full of
+  # unread replies; dmacvicar/terraform-provider-libvirt#594, the known workaround being
+  # -parallelism=1). This makes `terraform apply` safe without that flag.
+  depends_on = [libvirt_volume.root]
   user_data = templatefile("${path.module}/templates/cloud-init.yaml.tftpl", {
     hostname       = var.vm_name
     admin_user     = var.admin_user

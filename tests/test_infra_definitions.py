@@ -264,6 +264,8 @@ def test_resources_build_the_vm_and_the_inventory() -> None:
     assert "var.disk_size_gb" in root["size"]
 
     cloudinit = found[("libvirt_cloudinit_disk", "init")]
+    # Pool uploads one after the other (the provider deadlocks on two at once).
+    assert cloudinit["depends_on"] == ["${libvirt_volume.root}"]
     template, _ = templatefile_call(cloudinit["user_data"])
     assert template.name == "cloud-init.yaml.tftpl"
 
