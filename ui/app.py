@@ -50,5 +50,7 @@ def run(settings: UiSettings) -> None:
         reload=False,
         show=False,
         storage_secret=settings.storage_secret,
+        # Lax: the cookie still comes along when a person follows a link to the UI.
+        session_middleware_kwargs={"https_only": settings.secure_cookie, "same_site": "lax"},
         uvicorn_logging_level="warning",
     )
