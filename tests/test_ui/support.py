@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +17,7 @@ import httpx
 import pandas as pd
 
 from app.covertype import COLUMNS
-from tests.servers import free_port
+from tests.servers import free_port, wait_for
 from tests.test_inference.support import ADMIN_TOKEN
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -171,3 +177,40 @@ class SilentServer:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def ui_server(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """`python -m ui` as its unit runs it, on a free loopback port, with `env` on top of the
+    address and storage variables; yields (base URL, its log). It must stop without a
+    traceback in its log."""
+    port = free_port()
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "UI_HOST": "127.0.0.1",
+        "UI_PORT": str(port),
+        "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
+        **env,
+    }
+    log = tmp_path / "ui.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ui"], cwd=REPO_ROOT, env=full_env, stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: httpx.get(f"{url}/health", timeout=2).json() == {"status": "alive"},
+            "the UI",
+            timeout=60,
+            log=log,
+        )
+        yield url, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    assert "Traceback" not in log.read_text(), log.read_text()

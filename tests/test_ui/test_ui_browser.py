@@ -4,26 +4,20 @@ PostgreSQL: fill the form, predict, see the result. Screenshots go to test-artif
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.servers import free_port, wait_for
 from tests.test_ui.support import (
     ARTIFACTS,
-    REPO_ROOT,
     BatchesStore,
     Served,
     log_in_in_browser,
     login_env,
+    ui_server,
 )
 from ui import examples
 from ui.feature_form import label_of
@@ -50,38 +44,9 @@ def ui_process(
     served: Served, batches_store: BatchesStore, tmp_path: Path
 ) -> Iterator[tuple[str, Path]]:
     """`python -m ui` with the unit's kind of environment; yields (base URL, its log)."""
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "UI_HOST": "127.0.0.1",
-        "UI_PORT": str(port),
-        **served.env(),
-        "BATCHES_DB_DSN": batches_store.reader_dsn,
-        **login_env(),
-        "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
-    }
-    log = tmp_path / "ui.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ui"], cwd=REPO_ROOT, env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: httpx.get(f"{url}/health", timeout=2).json() == {"status": "alive"},
-            "the UI",
-            timeout=60,
-            log=log,
-        )
-        yield url, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    assert "Traceback" not in log.read_text(), log.read_text()
+    env = {**served.env(), "BATCHES_DB_DSN": batches_store.reader_dsn, **login_env()}
+    with ui_server(env, tmp_path) as started:
+        yield started
 
 
 def test_fill_the_form_predict_and_see_the_result_in_chromium(

@@ -4,27 +4,22 @@ batch database is up; the page's other backends point at closed ports."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from app.batch_store.migrations import apply_migrations
 from app.batch_store.store import store_batch
-from tests.servers import PostgresServer, free_port, wait_for
+from tests.servers import PostgresServer
 from tests.test_ui.conftest import reader_dsn
 from tests.test_ui.support import (
     ARTIFACTS,
-    REPO_ROOT,
     closed_url,
     log_in_in_browser,
     login_env,
     sample_rows,
+    ui_server,
 )
 from tests.test_ui.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
 
@@ -40,39 +35,14 @@ def ui_with_a_gap(batches_dsn: str, postgres: PostgresServer, tmp_path: Path) ->
     rows = sample_rows()
     for batch, delivered in ((1, rows[0:300]), (2, rows[300:600]), (6, rows[600:900])):
         store_batch(batches_dsn, 5, batch, delivered)
-    port = free_port()
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "UI_HOST": "127.0.0.1",
-        "UI_PORT": str(port),
         "BATCHES_DB_DSN": reader_dsn(postgres, batches_dsn),
         "INFERENCE_API_URL": closed_url(),
         "MLFLOW_TRACKING_URI": closed_url(),
         **login_env(),
-        "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
     }
-    log = tmp_path / "ui.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ui"], cwd=REPO_ROOT, env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: httpx.get(f"{url}/health", timeout=2).json() == {"status": "alive"},
-            "the UI",
-            timeout=60,
-            log=log,
-        )
+    with ui_server(env, tmp_path) as (url, _):
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    assert "Traceback" not in log.read_text(), log.read_text()
 
 
 def test_the_gap_warning_is_visible_in_chromium(ui_with_a_gap: str) -> None:

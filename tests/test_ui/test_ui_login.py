@@ -18,7 +18,6 @@ from itsdangerous import TimestampSigner
 from nicegui import core
 from nicegui.testing import User
 
-from tests.servers import free_port, wait_for
 from tests.test_ui.conftest import StartUser, log_in
 from tests.test_ui.support import (
     REPO_ROOT,
@@ -26,6 +25,7 @@ from tests.test_ui.support import (
     UI_PASSWORD,
     UI_USERNAME,
     all_down_env,
+    ui_server,
 )
 from ui import auth
 
@@ -209,32 +209,9 @@ def test_the_ui_refuses_to_start_without_a_password() -> None:
 def test_the_session_cookie_is_secure_when_asked(secure: bool, tmp_path: Path) -> None:
     """Behind the TLS proxy (the platform sets UI_SECURE_COOKIE=true) the session cookie is
     Secure, so a browser never sends it over plain HTTP; SameSite=Lax and HttpOnly always."""
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        **all_down_env(),
-        "UI_HOST": "127.0.0.1",
-        "UI_PORT": str(port),
-        "UI_SECURE_COOKIE": str(secure).lower(),
-        "NICEGUI_STORAGE_PATH": str(tmp_path / "nicegui"),
-    }
-    log = tmp_path / "ui.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ui"], cwd=REPO_ROOT, env=env, stdout=out, stderr=out
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200,
-            "the UI",
-            timeout=60,
-            log=log,
-        )
+    env = {**all_down_env(), "UI_SECURE_COOKIE": str(secure).lower()}
+    with ui_server(env, tmp_path) as (url, _):
         response = httpx.get(f"{url}/login", timeout=30)
-    finally:
-        proc.terminate()
-        proc.wait(30)
     assert response.status_code == 200
     (cookie,) = response.headers.get_list("set-cookie")
     attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
