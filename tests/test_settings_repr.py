@@ -5,29 +5,27 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import secrets
 
 import pytest
 
 from app import settings
 
-# Every environment variable that carries a secret, with a value no default could contain.
-SECRETS = {
-    "BATCHES_DB_DSN": "postgresql://batches:dsn-Secret-1@127.0.0.1:5432/batches_db",
-    "INFERENCE_API_TOKEN": "token-Secret-2",
-    "INFERENCE_API_KEYS": "apikey-Secret-3,apikey-Secret-4",
-    "MLFLOW_TRACKING_PASSWORD": "mlflow-Secret-5",
-    "UI_STORAGE_SECRET": "storage-Secret-6",
-    "UI_ADMIN_PASSWORD": "ui-Secret-7",
+# Every environment variable that carries a secret, with generated values no default could
+# contain; the markers are the secret parts of them.
+_TOKENS = {
+    name: secrets.token_hex(12)
+    for name in ("dsn", "token", "key1", "key2", "mlflow", "storage", "ui")
 }
-MARKERS = (
-    "dsn-Secret-1",
-    "token-Secret-2",
-    "apikey-Secret-3",
-    "apikey-Secret-4",
-    "mlflow-Secret-5",
-    "storage-Secret-6",
-    "ui-Secret-7",
-)
+SECRETS = {
+    "BATCHES_DB_DSN": f"postgresql://batches:{_TOKENS['dsn']}@127.0.0.1:5432/batches_db",
+    "INFERENCE_API_TOKEN": _TOKENS["token"],
+    "INFERENCE_API_KEYS": f"{_TOKENS['key1']},{_TOKENS['key2']}",
+    "MLFLOW_TRACKING_PASSWORD": _TOKENS["mlflow"],
+    "UI_STORAGE_SECRET": _TOKENS["storage"],
+    "UI_ADMIN_PASSWORD": _TOKENS["ui"],
+}
+MARKERS = tuple(_TOKENS.values())
 
 SETTINGS_CLASSES = [
     cls
