@@ -75,7 +75,7 @@ image: $(LOCK_STAMP)
 
 # Real VMs from that image (tests/vm/): Terraform and Vagrant create, provision, check and
 # destroy one each under QEMU emulation, inside a network namespace (scripts/vm-lab.sh).
-# About half an hour on 2 cores: not part of `make test`. Builds the image when missing.
+# About 40 minutes per VM on 2 cores (docs/provisioning.md): not part of `make test`. Builds the image when missing.
 test-vm: $(LOCK_STAMP)
 	@test -f $(MLOPS_CACHE)/image/forest-cover-mlops-debian13.qcow2 -a -f $(MLOPS_CACHE)/image/forest-cover-mlops-debian13-libvirt.box || scripts/image.sh
 	MLOPS_TEST_VM=1 MLOPS_CACHE=$(MLOPS_CACHE) $(PY) -m pytest tests/vm -v -p no:cacheprovider

@@ -13,7 +13,7 @@ provisions it with ansible/site.yml, checks every unit and health endpoint, and 
   MLOPS_VM_LIBVIRT_DRIVER=qemu, `vagrant provision` (the Ansible provisioner runs site.yml),
   health, `vagrant destroy -f`.
 
-Skipped unless MLOPS_TEST_VM=1 (set by `make test-vm`): an hour or more per VM on 2 cores
+Skipped unless MLOPS_TEST_VM=1 (set by `make test-vm`): about 40 minutes per VM on 2 cores
 (docs/provisioning.md), so not in `make test`. Phase times go to test-artifacts/vm-timings.json.
 """
 
