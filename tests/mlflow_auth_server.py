@@ -14,13 +14,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import psycopg2
+import yaml
 
 from tests.mlflow_server import ARTIFACT_BUCKET, MlflowServer
 from tests.servers import MySQLServer, PostgresServer, S3Server, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ACCOUNTS_SCRIPT = REPO_ROOT / "ansible" / "roles" / "mlflow" / "files" / "mlflow_accounts.py"
+ROLE = REPO_ROOT / "ansible" / "roles" / "mlflow"
+ACCOUNTS_SCRIPT = ROLE / "files" / "mlflow_accounts.py"
 BACKEND_DATABASE = "mlflow_auth_tracking"
 BACKEND_USER = "mlflowuser_auth"
 AUTH_DATABASE = "mlflow_auth"
@@ -60,15 +63,20 @@ class MlflowAuthServer(MlflowServer):
 
 
 def write_auth_config(path: Path, database_uri: str, admin_password: str) -> None:
-    # What ansible/roles/mlflow/templates/mlflow-auth.ini.j2 renders.
+    """The mlflow role's own template, rendered with the role's defaults for everything but
+    the user store and the admin's password."""
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    template = jinja2.Template((ROLE / "templates" / "mlflow-auth.ini.j2").read_text())
     path.write_text(
-        "[mlflow]\n"
-        "default_permission = NO_PERMISSIONS\n"
-        f"database_uri = {database_uri}\n"
-        f"admin_username = {ADMIN}\n"
-        f"admin_password = {admin_password}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "grant_default_workspace_access = false\n"
+        template.render(
+            ansible_managed="rendered by tests/mlflow_auth_server.py",
+            mlflow_user="mlflow",
+            mlflow_auth_default_permission=defaults["mlflow_auth_default_permission"],
+            mlflow_auth_cache_ttl_seconds=defaults["mlflow_auth_cache_ttl_seconds"],
+            mlflow_auth_database_uri=database_uri,
+            mlflow_admin_username=ADMIN,
+            mlflow_admin_password=admin_password,
+        )
     )
     path.chmod(0o600)
 

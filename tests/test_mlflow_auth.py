@@ -304,3 +304,29 @@ def test_provisioning_repairs_drift(server: MlflowAuthServer, accounts: dict[str
                            "previous_password": newest}}
     )  # fmt: skip
     assert _status(server, "GET", whoami, admin_auth) == 200
+
+
+def test_remembered_logins_end_when_the_password_changes(
+    server: MlflowAuthServer, accounts: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The role turns on MLflow's login cache (a password hash costs 350-470 ms of CPU on the
+    VM); a password changed through the API must still stop working at once."""
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(server.auth_config))
+    assert read_auth_config().auth_cache_ttl_seconds > 0, "the rendered settings turn it off"
+    whoami = "/api/2.0/mlflow/users/current"
+    old = (UI, accounts[UI])
+    assert _status(server, "GET", whoami, old) == 200
+    assert _status(server, "GET", whoami, old) == 200  # now served from the cache
+    new = secrets.token_urlsafe(18)
+    change = {"username": UI, "password": new}
+    admin_auth = (ADMIN, server.admin_password)
+    assert (
+        _status(server, "PATCH", "/api/2.0/mlflow/users/update-password", admin_auth, change) == 200
+    )
+    assert _status(server, "GET", whoami, old) == 401
+    assert _status(server, "GET", whoami, (UI, new)) == 200
+    # Back to the declared password for the other tests.
+    assert "password reset" in " ".join(server.apply_accounts(_spec(server, accounts))["actions"])
+    assert _status(server, "GET", whoami, old) == 200
