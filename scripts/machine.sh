@@ -240,15 +240,16 @@ health() {
 }
 
 summary() {
+    # Where each password is, never the password: this output ends up in logs (the tests keep it).
     local secrets="$repo/ansible/.secrets/local"
     echo
     say "the platform is up ($(elapsed "$t0") s)"
-    note "Web UI    https://localhost:$(port_of proxy_ui_port)   user admin  password $(cat "$secrets/ui-admin" 2>/dev/null)"
-    note "Airflow   https://localhost:$(port_of proxy_airflow_port)   user admin  password $(cat "$secrets/airflow-admin" 2>/dev/null)"
-    note "MLflow    https://localhost:$(port_of proxy_mlflow_port)   user admin  password $(cat "$secrets/mlflow-admin" 2>/dev/null)"
+    note "Web UI    https://localhost:$(port_of proxy_ui_port)   user admin  password: cat $secrets/ui-admin"
+    note "Airflow   https://localhost:$(port_of proxy_airflow_port)   user admin  password: cat $secrets/airflow-admin"
+    note "MLflow    https://localhost:$(port_of proxy_mlflow_port)   user admin  password: cat $secrets/mlflow-admin"
     note "Inference https://localhost:$(port_of proxy_inference_api_port)   (OpenAPI /schema; ready once the DAG has promoted a model)"
     note "Data API  https://localhost:$(port_of proxy_data_api_port)/data?group_number=1"
-    note "MinIO     https://localhost:$(port_of proxy_minio_console_port)   user mlops-admin  password $(cat "$secrets/minio-root" 2>/dev/null)   (S3 API on the loopback :$(port_of minio_api_port), bucket mlflows3)"
+    note "MinIO     https://localhost:$(port_of proxy_minio_console_port)   user mlops-admin  password: cat $secrets/minio-root   (S3 API on the loopback :$(port_of minio_api_port), bucket mlflows3)"
     note "TLS       trust $secrets/proxy-ca/ca.crt   (curl --cacert $secrets/proxy-ca/ca.crt https://localhost:$(port_of proxy_ui_port)/health)"
     note "Shell     scripts/machine.sh ssh      Status: scripts/machine.sh status"
     note "Secrets   $secrets/    Logs: $logs/"

@@ -134,8 +134,6 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "gather_subset": ["min", "network"],
             "vars_files": vars_files,
             "vars": {
-                # The secrets never reach a unit; keep the lookups away from the repo.
-                "mlops_secrets_dir": str(work / "secrets"),
                 "ansible_distribution": "Debian",
             },
             "tasks": [
@@ -235,6 +233,16 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                     "vars": {"common_firewall_allowed_tcp_ports": [22]},
                 },
                 {
+                    # Also generates them, for the summary test: the summary itself does not.
+                    "name": "The people's logins",
+                    "ansible.builtin.copy": {
+                        "content": "{{ [airflow_admin_password, mlflow_admin_password,"
+                        " minio_root_password, ui_admin_password] | to_json }}",
+                        "dest": str(out / "logins.json"),
+                        "mode": "0600",
+                    },
+                },
+                {
                     "name": "The declarations",
                     "ansible.builtin.copy": {
                         "content": "{{ common_services | to_nice_json }}",
@@ -262,7 +270,11 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return {p.name: p.read_text() for p in out.iterdir()}
+    files = {p.name: p.read_text() for p in out.iterdir()}
+    # The secrets the lookups generated (group_vars: under playbook_dir, this folder, away from
+    # the repo's), to check that nothing shows them.
+    secrets = (work / ".secrets").rglob("*")
+    return files | {f"secret:{p.name}": p.read_text().strip() for p in secrets if p.is_file()}
 
 
 def test_status_firewall_and_summary_use_the_declarations(rendered: dict[str, str]) -> None:
@@ -295,6 +307,25 @@ def test_the_ui_gets_a_generated_login(rendered: dict[str, str]) -> None:
     assert env["UI_ADMIN_USERNAME"] == "admin"
     assert re.fullmatch(r"[A-Za-z0-9]{24}", env["UI_ADMIN_PASSWORD"]), "not generated"
     assert env["UI_ADMIN_PASSWORD"] not in rendered["summary.txt"]
+
+
+def test_the_summary_names_where_each_password_is_and_shows_none(
+    rendered: dict[str, str],
+) -> None:
+    """site.yml prints the summary into the provisioning log: no generated secret may be in it."""
+    summary = rendered["summary.txt"]
+    secrets = {k: v for k, v in rendered.items() if k.startswith("secret:")}
+    logins = json.loads(rendered["logins.json"])
+    assert set(logins) <= set(secrets.values()) and len(secrets) > 10, sorted(secrets)
+    assert not [name for name, value in secrets.items() if value in summary]
+    for label, file in (
+        ("Web UI", "ui-admin"),
+        ("Airflow", "airflow-admin"),
+        ("MLflow", "mlflow-admin"),
+        ("MinIO", "minio-root"),
+    ):
+        (line,) = re.findall(rf"^{label} .* user .*$", summary, re.M)
+        assert re.search(rf"  password in /\S+/{file}$", line), line
 
 
 def test_proxy_config_terminates_tls_for_every_service(rendered: dict[str, str]) -> None:

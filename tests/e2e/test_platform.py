@@ -182,9 +182,14 @@ class Phases:
         print("\n" + json.dumps(report, indent=2))
 
 
+# What machine.sh printed in this run (assert_no_secret_exposed reads them).
+MACHINE_LOGS: list[Path] = []
+
+
 def machine(*args: str, log: str, env: dict[str, str] | None = None) -> str:
     """Run scripts/machine.sh; its output goes to test-artifacts/e2e-<log>.log."""
     out = ARTIFACTS / f"e2e-{log}.log"
+    MACHINE_LOGS.append(out)
     proc = subprocess.run(
         [str(MACHINE), *args],
         cwd=REPO_ROOT,
@@ -442,8 +447,9 @@ def assert_healthy() -> None:
 
 
 def assert_no_secret_exposed() -> None:
-    """No generated secret in a process list, a unit file, the journal or a task log, and the
-    files that hold them readable by root and their service only."""
+    """No generated secret in a process list, a unit file, the journal, a task log, the
+    provisioning log or what machine.sh printed, and the files that hold them readable by root
+    and their service only."""
     secrets = {p.name: p.read_text().strip() for p in SECRETS.iterdir() if p.is_file()}
     assert secrets, f"no generated secrets in {SECRETS}"
     # The proxy's private keys (the CA's and the host's): their longest base64 line.
@@ -456,6 +462,8 @@ def assert_no_secret_exposed() -> None:
         "Airflow task logs": ssh(
             "find /var/lib/airflow/airflow/logs -name '*.log' -exec cat {} +", check=False
         ).stdout,
+        "provisioning log": (STATE / "logs" / "provision-latest.log").read_text(),
+        "machine.sh output": "".join(p.read_text() for p in MACHINE_LOGS if p.exists()),
     }
     leaks = [
         f"{name} in the {place}"
