@@ -395,6 +395,12 @@ def test_one_variable_switches_the_executor(rendered: dict[str, str]) -> None:
     core_diff = {k for k in local["core"] if local["core"][k] != celery["core"][k]}
     assert core_diff == {"executor"}
     assert celery["core"]["execution_api_server_url"] == "http://127.0.0.1:8080/execution/"
+    # A task whose worker died is retried after this, not Airflow's 300 s.
+    defaults = yaml.safe_load(
+        (ANSIBLE_DIR / "roles" / "airflow" / "defaults" / "main.yml").read_text()
+    )
+    timeout = int(local["scheduler"]["task_instance_heartbeat_timeout"])
+    assert timeout == defaults["airflow_task_heartbeat_timeout"] < 300
 
 
 def test_units_restart_and_come_back_after_reboot(rendered: dict[str, str]) -> None:
