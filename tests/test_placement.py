@@ -24,15 +24,18 @@ FACTS = [
     "postgresql_listen_addresses",
     "mysql_bind_address",
     "mysql_user_hosts",
+    "proxy_inference_api_upstream",
 ]
 ANSIBLE_BIN = Path(sys.executable).parent / "ansible"
 
 
-def placement(inventory: str, host: str, *extra: str) -> dict[str, object]:
-    """The placement facts of one host, as the playbook would see them (no connection)."""
+def placement(inventory: str | Path, host: str, *extra: str) -> dict[str, object]:
+    """The placement facts of one host, as the playbook would see them (no connection).
+    inventory: a folder of ansible/inventories/, or the path of an inventory file."""
+    hosts_file = inventory if isinstance(inventory, Path) else f"inventories/{inventory}/hosts.yml"
     expression = "{{ {" + ", ".join(f"'{f}': {f}" for f in FACTS) + "} | to_json }}"
     result = subprocess.run(
-        [ANSIBLE_BIN, "-i", f"inventories/{inventory}/hosts.yml", host, *extra,
+        [ANSIBLE_BIN, "-i", str(hosts_file), host, *extra,
          "-m", "ansible.builtin.debug", "-a", f"msg={expression}", "-o"],
         cwd=ANSIBLE, env={**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg")},
         capture_output=True, text=True, timeout=120,
@@ -54,8 +57,12 @@ def test_one_host_keeps_every_backend_on_loopback() -> None:
 
 @pytest.fixture(scope="module")
 def lab() -> dict[str, dict[str, object]]:
+    """The lab with the LocalExecutor (its inventory's default is the CeleryExecutor)."""
     hosts = yaml.safe_load((ANSIBLE / "inventories" / "lab" / "hosts.yml").read_text())
-    return {name: placement("lab", name) for name in hosts["all"]["children"]["mlops"]["hosts"]}
+    return {
+        name: placement("lab", name, "-e", "mlops_airflow_executor=LocalExecutor")
+        for name in hosts["all"]["children"]["mlops"]["hosts"]
+    }
 
 
 def rules(facts: dict[str, object]) -> dict[int, list[str]]:
@@ -97,10 +104,7 @@ def test_the_lab_databases_admit_each_client_host_for_its_own_databases(lab) -> 
 @pytest.fixture(scope="module")
 def lab_celery() -> dict[str, dict[str, object]]:
     hosts = yaml.safe_load((ANSIBLE / "inventories" / "lab" / "hosts.yml").read_text())
-    return {
-        name: placement("lab", name, "-e", "mlops_airflow_executor=CeleryExecutor")
-        for name in hosts["all"]["children"]["mlops"]["hosts"]
-    }
+    return {name: placement("lab", name) for name in hosts["all"]["children"]["mlops"]["hosts"]}
 
 
 def test_the_lab_with_celery_workers_opens_what_the_workers_call(lab, lab_celery) -> None:
@@ -123,3 +127,22 @@ def test_the_lab_with_celery_workers_opens_what_the_workers_call(lab, lab_celery
     assert (f"{serve}/32", "batches_db,airflow") in hba
     hba_local = {(e["source"], e["databases"]) for e in lab["lab-data"]["postgresql_hba_entries"]}
     assert (f"{serve}/32", "batches_db,airflow") not in hba_local
+
+
+def test_a_second_inference_host_is_a_replica_behind_the_proxy(tmp_path: Path) -> None:
+    """The lab with lab-control in group inference_api too: the proxy on lab-serve balances
+    both, and lab-control's inference API opens to the proxy's host only."""
+    lab_dir = ANSIBLE / "inventories" / "lab"
+    inventory = yaml.safe_load((lab_dir / "hosts.yml").read_text())
+    inventory["all"]["children"]["inference_api"]["hosts"]["lab-control"] = None
+    (tmp_path / "group_vars").symlink_to(lab_dir / "group_vars")
+    hosts_file = tmp_path / "hosts.yml"
+    hosts_file.write_text(yaml.safe_dump(inventory))
+    serve, control = placement(hosts_file, "lab-serve"), placement(hosts_file, "lab-control")
+    port = PORTS["inference_api_port"]
+    upstreams = sorted(serve["proxy_inference_api_upstream"].split())
+    assert upstreams == [f"10.77.0.12:{port}", f"127.0.0.1:{port}"]
+    assert control["mlops_listen"]["inference_api"] == "0.0.0.0"
+    assert rules(control)[port] == ["10.77.0.13"]  # the proxy's host
+    # With one inference host the proxy has one upstream (the lab's own inventory).
+    assert placement("lab", "lab-serve")["proxy_inference_api_upstream"] == f"127.0.0.1:{port}"

@@ -343,14 +343,18 @@ def test_proxy_config_terminates_tls_for_every_service(rendered: dict[str, str])
         "proxy_data_api_port": "data_api_port",
     }
     assert set(backends) == set(ports["mlops_forwarded_ports"])
-    upstreams = dict(re.findall(r"upstream (\w+) \{\s*server ([^;]+);", conf))
+    upstreams = {
+        name: re.findall(r"^\s*server (\S+) max_fails=1 fail_timeout=\d+s;", body, re.M)
+        for name, body in re.findall(r"upstream (\w+) \{(.*?)\}", conf, re.S)
+    }
     servers = re.findall(r"\n    server \{(.*?)\n    \}", conf, re.S)
     assert len(servers) == len(backends), servers
     for front, back in backends.items():
         (server,) = [s for s in servers if f"listen 0.0.0.0:{ports[front]} ssl;" in s]
         assert "error_page 497 =301 https://$http_host$request_uri;" in server, front
         (upstream,) = re.findall(r"proxy_pass http://(\w+);", server)
-        assert upstreams[upstream] == f"127.0.0.1:{ports[back]}", (front, upstreams)
+        assert upstreams[upstream] == [f"127.0.0.1:{ports[back]}"], (front, upstreams)
+        assert "proxy_next_upstream" not in server, "one server: nothing to retry on"
     assert re.search(r"ssl_protocols TLSv1\.2 TLSv1\.3;", conf)
     assert "listen 80" not in conf and "sites-enabled" not in conf
 
