@@ -7,8 +7,13 @@ Everything here talks only to addresses inside the lab's namespace (`scripts/lab
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -20,6 +25,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 LAB = REPO_ROOT / "scripts" / "lab.sh"
+T = TypeVar("T")
 INVENTORY = yaml.safe_load(
     (REPO_ROOT / "ansible" / "inventories" / "lab" / "hosts.yml").read_text()
 )
@@ -117,3 +123,137 @@ def test_with_celery_workers_only_their_callers_reach_redis_and_their_logs(
     if lab_executor() != "CeleryExecutor":
         pytest.skip("the lab runs the LocalExecutor (provision it with the CeleryExecutor)")
     assert can_connect(client, server, port) is allowed
+
+
+# --- the DAG on two Celery workers ------------------------------------------------------------
+DAG_ID = "forest_cover_mlops_pipeline"
+WORKERS = sorted(INVENTORY["all"]["children"]["airflow_workers"]["hosts"])
+MEASURED = REPO_ROOT / "test-artifacts" / "lab-measurements.json"
+
+
+def airflow_rows(query: str) -> list[list[str]]:
+    """Rows of a query on Airflow's database (PostgreSQL on lab-data)."""
+    done = on("lab-data", f"runuser -u postgres -- psql -d airflow -AtF '|' -c \"{query}\"")
+    assert done.returncode == 0, done.stderr
+    return [line.split("|") for line in done.stdout.splitlines() if line]
+
+
+def wait_for(find: Callable[[], T | None], what: str, timeout: float, every: float = 3) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find()
+        if found:
+            return found
+        time.sleep(every)
+    runs = airflow_rows(
+        f"SELECT run_id, state FROM dag_run WHERE dag_id = '{DAG_ID}' ORDER BY start_date"
+    )
+    pytest.fail(f"no {what} within {timeout:.0f} s; runs: {runs}")
+
+
+def trained_runs(state: str = "success") -> list[str]:
+    """Runs in this state that trained and registered (not short-circuited), oldest first."""
+    return [
+        row[0]
+        for row in airflow_rows(
+            f"SELECT r.run_id FROM dag_run r JOIN task_instance t ON t.run_id = r.run_id"
+            f" AND t.dag_id = r.dag_id WHERE r.dag_id = '{DAG_ID}' AND r.state = '{state}'"
+            " AND t.task_id = 'register_and_promote' AND t.state = 'success'"
+            " ORDER BY r.start_date"
+        )
+    ]
+
+
+def training_tasks(run_id: str) -> list[dict[str, str]]:
+    rows = airflow_rows(
+        "SELECT map_index, state, hostname, try_number FROM task_instance"
+        f" WHERE dag_id = '{DAG_ID}' AND run_id = '{run_id}' AND task_id LIKE 'train_candidate%'"
+        " ORDER BY map_index"
+    )
+    return [dict(zip(("map_index", "state", "hostname", "try"), row, strict=True)) for row in rows]
+
+
+def run_seconds(run_id: str) -> float:
+    (row,) = airflow_rows(
+        "SELECT EXTRACT(EPOCH FROM end_date - start_date) FROM dag_run"
+        f" WHERE dag_id = '{DAG_ID}' AND run_id = '{run_id}'"
+    )
+    return round(float(row[0]), 1)
+
+
+def record(**numbers: object) -> None:
+    MEASURED.parent.mkdir(exist_ok=True)
+    known = json.loads(MEASURED.read_text()) if MEASURED.exists() else {}
+    MEASURED.write_text(json.dumps(known | numbers, indent=2) + "\n")
+
+
+@pytest.fixture(scope="module")
+def celery(lab) -> None:
+    if lab_executor() != "CeleryExecutor":
+        pytest.skip("the lab runs the LocalExecutor (provision it with the CeleryExecutor)")
+
+
+def test_the_dag_promotes_a_model_trained_on_both_workers(celery) -> None:
+    # Provisioning unpauses the DAG: its first run starts at once.
+    run_id = wait_for(lambda: (trained_runs() or [None])[0], "trained and promoted run", 900)
+    tasks = training_tasks(run_id)
+    assert len(tasks) >= len(WORKERS), tasks
+    assert {t["hostname"] for t in tasks} == set(WORKERS), tasks
+    ready = on("lab-serve", "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/ready")
+    assert ready.stdout == "200", "the inference API did not load the promoted model"
+    record(dag_run_seconds_two_workers=run_seconds(run_id), training_tasks=len(tasks))
+
+
+def test_a_killed_worker_s_task_is_retried_on_the_other(celery) -> None:
+    """SIGKILL every process of lab-serve's worker while it trains: Airflow finds the task's
+    heartbeat gone, retries it on lab-control, and the run succeeds. The next run, with that
+    worker still down, gives the DAG's time on one worker."""
+    killed, other = "lab-serve", "lab-control"
+    before = set(trained_runs())
+
+    def training_on_killed() -> tuple[str, str] | None:
+        for run_id, map_index in airflow_rows(
+            "SELECT run_id, map_index FROM task_instance WHERE dag_id = '" + DAG_ID + "'"
+            " AND task_id LIKE 'train_candidate%' AND state = 'running'"
+            f" AND hostname = '{killed}'"
+        ):
+            return run_id, map_index
+        return None
+
+    run_id, map_index = wait_for(training_on_killed, f"training task on {killed}", 600, 1)
+    unit = "airflow-celery-worker.service"
+    try:
+        # The stop cancels the restart (2 s later): the retry must go to the other worker.
+        on(killed, f"systemctl kill -s SIGKILL {unit}; systemctl stop {unit}")
+        wait_for(lambda: run_id in trained_runs(), f"success of {run_id}", 900)
+        (task,) = [t for t in training_tasks(run_id) if t["map_index"] == map_index]
+        assert (task["hostname"], task["state"]) == (other, "success"), task
+        assert int(task["try"]) >= 2, task
+        record(dag_run_seconds_with_a_killed_worker=run_seconds(run_id))
+        after = wait_for(
+            lambda: [r for r in trained_runs() if r not in before and r != run_id],
+            "a run on one worker",
+            900,
+        )[0]
+        assert {t["hostname"] for t in training_tasks(after)} == {other}
+        record(dag_run_seconds_one_worker=run_seconds(after))
+    finally:
+        on(killed, f"systemctl start {unit}")
+
+
+def test_memory_per_host_is_recorded(lab) -> None:
+    used = {}
+    for host in sorted(HOSTS):
+        line = on(host, "free -m | sed -n 2p").stdout.split()
+        used[host] = int(line[2])
+        assert used[host] > 0, line
+    record(memory_used_mib=used)
+
+
+def test_a_second_provisioning_changes_nothing(lab) -> None:
+    started = time.monotonic()
+    result = subprocess.run([str(LAB), "provision"], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    recap = dict(re.findall(r"^\s*(lab-\w+)\s*:.*?changed=(\d+)", result.stdout, re.M))
+    assert recap == dict.fromkeys(sorted(HOSTS), "0"), recap
+    record(repeat_provisioning_seconds=round(time.monotonic() - started, 1))
