@@ -195,7 +195,12 @@ def celery(lab) -> None:
 
 def test_the_dag_promotes_a_model_trained_on_both_workers(celery) -> None:
     # Provisioning unpauses the DAG: its first run starts at once.
-    run_id = wait_for(lambda: (trained_runs() or [None])[0], "trained and promoted run", 900)
+    # (The first with mapped training tasks: a reused lab may hold runs of an older DAG.)
+    run_id = wait_for(
+        lambda: next((r for r in trained_runs() if training_tasks(r)), None),
+        "trained and promoted run",
+        900,
+    )
     tasks = training_tasks(run_id)
     assert len(tasks) >= len(WORKERS), tasks
     assert {t["hostname"] for t in tasks} == set(WORKERS), tasks
