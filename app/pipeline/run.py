@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 ChampionHook = Callable[["Pipeline", "pd.DataFrame", str], object]
 
 
+# On the parent run and the registered version: which candidates the champion did not face.
+FAILED_CANDIDATES_TAG = "failed_candidates"
+
+
 class CandidateFailedError(RuntimeError):
     """A candidate raised while training or being evaluated; nothing was registered."""
 
@@ -84,6 +88,8 @@ class TrainedRun:
     # Per candidate: name and its flat metrics (Evaluation.metrics()).
     candidates: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Candidates whose task failed for good: the champion was chosen among the others.
+    failed_candidates: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,18 +97,21 @@ class TrainedRun:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainedRun:
         known = {f.name for f in fields(cls)}
-        missing = known - set(data) - {"candidates", "timings"}
+        missing = known - set(data) - {"candidates", "timings", "failed_candidates"}
         if missing:
             raise ValueError(f"not a TrainedRun: missing {', '.join(sorted(missing))}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def tags(self) -> dict[str, str]:
-        return _tags(
+        tags = _tags(
             RunMetadata(self.group_number, self.batches, self.data_fingerprint, self.dag_run_id),
             self.batches,
             self.train_rows,
             self.holdout_rows,
         )
+        if self.failed_candidates:
+            tags[FAILED_CANDIDATES_TAG] = ",".join(self.failed_candidates)
+        return tags
 
 
 @dataclass(frozen=True)
@@ -214,27 +223,45 @@ def _train_candidate(
     settings: TrainingSettings,
 ) -> _Trained:
     """Fit and evaluate one candidate in its own child run of the active parent run."""
-    train, holdout = frames
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=candidate.name,
         nested=True,
         tags={**tags, "candidate": candidate.name},
-    ) as child:
-        model = candidate.build()
-        mlflow.log_params(tracking.loggable_params(model.named_steps[MODEL_STEP].get_params()))
-        try:
-            with threadpool_limits(limits=settings.n_jobs):
-                seconds = fit(model, train)
-                prepare_for_serving(model)
-                evaluation = evaluate(candidate.name, model, seconds, train, holdout)
-        except Exception as exc:
-            mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
-            raise CandidateFailedError(
-                f"candidate {candidate.name!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        tracking.log_evaluation(evaluation)
-        uri = tracking.log_model(model, holdout).model_uri if settings.log_all_models else None
+    ):
+        return fit_in_active_run(candidate, frames, settings, log_model=settings.log_all_models)
+
+
+def fit_in_active_run(
+    candidate: Candidate,
+    frames: tuple[pd.DataFrame, pd.DataFrame],
+    settings: TrainingSettings,
+    *,
+    log_model: bool,
+) -> _Trained:
+    """Fit, evaluate and log one candidate into the active run (its child run). Params
+    already on the run are not logged again: a retried task resumes its run, and MLflow
+    refuses a param whose value changed (n_jobs may differ on another worker)."""
+    train, holdout = frames
+    child = mlflow.active_run()
+    if child is None:
+        raise RuntimeError("fit_in_active_run needs an active MLflow run")
+    model = candidate.build()
+    logged = set(mlflow.get_run(child.info.run_id).data.params)
+    params = tracking.loggable_params(model.named_steps[MODEL_STEP].get_params())
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    try:
+        with threadpool_limits(limits=settings.n_jobs):
+            seconds = fit(model, train)
+            prepare_for_serving(model)
+            evaluation = evaluate(candidate.name, model, seconds, train, holdout)
+    except Exception as exc:
+        mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
+        raise CandidateFailedError(
+            f"candidate {candidate.name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    tracking.log_evaluation(evaluation)
+    uri = tracking.log_model(model, holdout).model_uri if log_model else None
     log.info(
         "%s: %s %.4f, fit %.1f s, %.2f MB",
         candidate.name,

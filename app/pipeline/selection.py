@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from app.pipeline.evaluate import MB, Evaluation
+from app.pipeline.evaluate import MB, Scores
 
 # Scores are fractions of a few thousand rows; differences below this are float noise.
 _EPSILON = 1e-9
@@ -18,6 +19,21 @@ SIZE_TOLERANCE = 0.01
 
 def _tied(diff: float, margin: float) -> bool:
     return abs(diff) <= _EPSILON or abs(diff) < margin - _EPSILON
+
+
+class Ranked(Protocol):
+    """What the rule looks at: an Evaluation in one process, a candidate task's result
+    (app.pipeline.mapped.CandidateResult) when each candidate trained in its own task."""
+
+    @property
+    def candidate(self) -> str: ...
+    @property
+    def scores(self) -> Scores: ...
+    @property
+    def size_bytes(self) -> int: ...
+
+
+R = TypeVar("R", bound=Ranked)
 
 
 @dataclass(frozen=True)
@@ -50,9 +66,7 @@ def compare(
     return Verdict(False, f"worse by more than the margin: {numbers}")
 
 
-def choose_champion(
-    evaluations: Sequence[Evaluation], *, metric: str, margin: float, max_bytes: int
-) -> Evaluation:
+def choose_champion(evaluations: Sequence[R], *, metric: str, margin: float, max_bytes: int) -> R:
     """Best score among the candidates under the size cap, the smallest of those tied with it
     within the margin. If none fits under the cap, the best overall (it will be registered,
     and not promoted, so the registry shows what the cap cost)."""
