@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 from mlflow import MlflowClient
@@ -105,7 +106,7 @@ def _champion_by_the_rule(children: dict[str, Run], names: tuple[str, ...]) -> s
     ).candidate
 
 
-def _xcom(env: dict[str, str], task_id: str) -> dict[str, object]:
+def _xcom(env: dict[str, str], task_id: str) -> Any:
     """The task's return value as Airflow stored it in its metadata database."""
     dsn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
         "postgresql+psycopg2://", "postgresql://"
@@ -117,7 +118,7 @@ def _xcom(env: dict[str, str], task_id: str) -> dict[str, object]:
             (DAG_ID, task_id),
         )
         (value,) = cur.fetchone()
-    return value if isinstance(value, dict) else json.loads(value)
+    return value if isinstance(value, dict | list) else json.loads(value)
 
 
 # --- integrity ------------------------------------------------------------------------------
