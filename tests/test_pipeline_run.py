@@ -182,3 +182,79 @@ def test_two_steps_as_the_dag_runs_them(covertype_frames, mlflow_settings, small
 def test_trained_run_refuses_foreign_data():
     with pytest.raises(ValueError, match="not a TrainedRun: missing"):
         TrainedRun.from_dict({"champion": "x"})
+
+
+def test_mapped_steps_train_each_candidate_in_its_own_child_run_as_one_process_would(
+    finished_run, covertype_frames, mlflow_settings, small_candidates
+):
+    """The DAG's split (app.pipeline.mapped), each step through JSON as XCom carries it: the
+    same rows and seed give every candidate the scores the one-process run measured, a
+    retried step reuses its run, and the picker's rule picks the same champion."""
+    from app.pipeline.candidates import parse_overrides
+    from app.pipeline.mapped import (
+        CandidateResult,
+        TrainingJob,
+        open_parent_run,
+        pick_champion,
+        train_job,
+    )
+    from app.pipeline.run import CandidateFailedError
+    from tests.conftest import SMALL_CANDIDATE_PARAMS
+
+    train, holdout = covertype_frames
+    settings = TrainingSettings(
+        seed=7,
+        n_jobs=1,
+        candidates=",".join(c.name for c in small_candidates),
+        param_overrides=json.dumps(SMALL_CANDIDATE_PARAMS),
+    )
+    metadata = RunMetadata(group_number=3, data_fingerprint="e" * 64, dag_run_id="mapped__1")
+    kwargs = {"mlflow_settings": mlflow_settings, "training_settings": settings}
+    jobs = open_parent_run(train, holdout, metadata, **kwargs)
+    assert [j.candidate for j in jobs] == [c.name for c in small_candidates]
+    overrides = parse_overrides(settings.param_overrides)
+    assert all(j.overrides == overrides[j.candidate] and j.seed == 7 for j in jobs)
+    # A retried prepare step finds the parent run its first try made.
+    again = open_parent_run(train, holdout, metadata, **kwargs)
+    assert {j.parent_run_id for j in again} == {jobs[0].parent_run_id}
+
+    # A first try of random_forest fails inside the fit; its retry resumes the same child run.
+    rf = next(j for j in jobs if j.candidate == "random_forest")
+    broken = TrainingJob.from_dict({**rf.to_dict(), "overrides": {"n_estimators": 0}})
+    with pytest.raises(CandidateFailedError, match="random_forest"):
+        train_job(broken, train, holdout, **kwargs)
+    results = [
+        CandidateResult.from_dict(
+            json.loads(
+                json.dumps(
+                    train_job(
+                        TrainingJob.from_dict(j.to_dict()), train, holdout, **kwargs
+                    ).to_dict()
+                )
+            )  # fmt: skip
+        )
+        for j in jobs
+    ]
+    one_process = {e.candidate: e for e in finished_run.evaluations}
+    for result in results:
+        assert result.scores == one_process[result.candidate].scores, result.candidate
+
+    # The random_forest result handed over twice (as a confused retry might) counts once.
+    trained = pick_champion(jobs, [*results, results[2]], holdout, **kwargs)
+    assert trained.champion == finished_run.champion.candidate
+    assert trained.failed_candidates == []
+    client = MlflowClient(mlflow_settings.tracking_uri)
+    parent = client.get_run(trained.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["champion"] == trained.champion
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert sorted(c.data.tags["candidate"] for c in children) == sorted(one_process)
+    by_name = {c.data.tags["candidate"]: c for c in children}
+    assert by_name["random_forest"].data.tags["attempts"] == "2"
+    assert "failure" not in by_name["random_forest"].data.tags
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert by_name[trained.champion].data.tags["champion"] == "true"
+    decision = register_and_promote(trained, holdout, mlflow_settings=mlflow_settings)
+    assert decision.version == "1" and decision.decision.promoted
