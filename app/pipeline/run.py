@@ -1,4 +1,5 @@
-"""A pipeline run in two steps, as the DAG runs them, or in one call.
+"""A pipeline run in one process: in two steps or in one call. (The DAG splits training
+over tasks, one per candidate: app.pipeline.mapped, built on the pieces here.)
 
 - `train_and_log`: train and evaluate every candidate under one parent run (a child run per
   candidate), choose the champion and log its model. Returns a TrainedRun, which is plain data
