@@ -2,7 +2,8 @@
 register and promote the champion, and tell the inference API to reload.
 
     fetch_batch -> store_batch -> has_new_rows -> prepare_training
-        -> train_candidate (mapped: one task per candidate) -> pick_champion
+        -> train_candidate (mapped: TRAINING_TASKS tasks, a share of the candidates each)
+        -> pick_champion
         -> register_and_promote -> reload_inference_api
 
 The DAG is deliberately thin: every task is the function of the same name in
@@ -77,24 +78,29 @@ def forest_cover_mlops_pipeline() -> None:
 
     @task(execution_timeout=timedelta(minutes=3), **SERVICE_RETRIES)
     def prepare_training(report: dict[str, Any]) -> list[dict[str, Any]]:
-        # The MLflow parent run, and one small job per candidate for the mapped task below.
+        # The MLflow parent run, and min(TRAINING_TASKS, candidates) small jobs for the mapped
+        # task below.
         from app.pipeline.steps import prepare_training as step
 
         return step(_config(), report, dag_run_id=_run_id())
 
-    # One task instance per candidate (dynamic task mapping): the executor runs them side by
-    # side (LocalExecutor's parallelism, or any Celery worker), each in its own child run.
-    # The map index shows the candidate's name in the UI.
+    # One task instance per job (dynamic task mapping): the executor runs them side by side
+    # (LocalExecutor's parallelism, or any Celery worker), each candidate in its own child run.
+    # The map index shows the job's candidates ("a+b") in the UI.
     @task(
         execution_timeout=timedelta(minutes=15),
-        map_index_template="{{ candidate_name }}",
+        map_index_template="{{ candidate_names }}",
         **SERVICE_RETRIES,
     )
-    def train_candidate(job: dict[str, Any]) -> dict[str, Any]:
+    def train_candidate(job: dict[str, Any]) -> list[dict[str, Any]]:
         from app.pipeline.steps import train_candidate as step
 
-        get_current_context()["candidate_name"] = job["candidate"]  # type: ignore[typeddict-unknown-key]
-        return step(_config(), job)
+        context = get_current_context()
+        context["candidate_names"] = "+".join(job["candidates"])  # type: ignore[typeddict-unknown-key]
+        # A candidate that fails raises while retries are left (the retry reuses the others'
+        # finished child runs); the last try returns the others' results instead.
+        last_try = context["ti"].try_number > context["task"].retries
+        return step(_config(), job, last_try=last_try)
 
     # Waits for every candidate, retries included, and runs when at least one upstream
     # succeeded (prepare_training counts): a candidate that failed for good is left out and
@@ -105,7 +111,9 @@ def forest_cover_mlops_pipeline() -> None:
         trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
         **SERVICE_RETRIES,
     )
-    def pick_champion(jobs: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, Any]:
+    def pick_champion(
+        jobs: list[dict[str, Any]], results: list[list[dict[str, Any]]]
+    ) -> dict[str, Any]:
         from app.pipeline.run import CandidateFailedError
         from app.pipeline.steps import pick_champion as step
 

@@ -19,7 +19,7 @@ from app.pipeline.candidates import (
 )
 from app.pipeline.evaluate import MB, Evaluation, Scores, evaluate, fit, serialized_size
 from app.pipeline.features import TrainingDataError, build_features, check_frame
-from app.pipeline.mapped import CandidateResult, TrainingJob, _one_per_candidate
+from app.pipeline.mapped import CandidateResult, TrainingJob, _one_per_candidate, deal
 from app.pipeline.plots import confusion_matrix_svg
 from app.pipeline.selection import choose_champion, compare
 from app.settings import SettingsError, TrainingSettings
@@ -247,8 +247,9 @@ def test_task_results_and_jobs_survive_json_and_refuse_foreign_data():
     assert CandidateResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     assert result.scores == Scores(accuracy=0.9, macro_f1=0.8, rows=1000)
     job = TrainingJob(
-        candidate="forest",
-        overrides={"n_estimators": 3},
+        candidates=["forest", "boosting"],
+        overrides={"forest": {"n_estimators": 3}, "boosting": {}},
+        whole_run=False,
         seed=1,
         parent_run_id="p",
         experiment_id="1",
@@ -261,13 +262,63 @@ def test_task_results_and_jobs_survive_json_and_refuse_foreign_data():
     )
     assert TrainingJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
     assert job.tags()["batches"] == "1,2" and job.tags()["dag_run_id"] == "manual__x"
+    assert job.name == "forest+boosting"
     with pytest.raises(ValueError, match="not a TrainingJob: missing"):
         TrainingJob.from_dict({"candidate": "forest"})
+    unlogged = CandidateResult.from_dict({**result.to_dict(), "model_uri": None})
+    assert CandidateResult.from_dict(json.loads(json.dumps(unlogged.to_dict()))) == unlogged
 
 
 def test_one_result_per_candidate_of_this_run_only():
-    job = TrainingJob("forest", {}, 1, "p", "1", 2, None, None, [1], 10, 3)
+    job = TrainingJob(["forest", "boosting"], {}, False, 1, "p", "1", 2, None, None, [1], 10, 3)
     first, retried = _result("forest", 0.8, 2), _result("forest", 0.9, 2)
     stranger = _result("boosting", 0.99, 1, parent="another-run")
     chosen = _one_per_candidate([first, stranger, retried], job, ["forest", "boosting"])
     assert chosen == {"forest": retried}
+
+
+NAMES = ["hist_gradient_boosting", "extra_trees", "random_forest", "logistic_regression"]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "jobs"),
+    [
+        (1, [NAMES]),
+        (2, [["hist_gradient_boosting", "random_forest"], ["extra_trees", "logistic_regression"]]),
+        (
+            3,
+            [["hist_gradient_boosting", "logistic_regression"], ["extra_trees"], ["random_forest"]],
+        ),
+        (4, [[n] for n in NAMES]),
+        (9, [[n] for n in NAMES]),
+    ],
+)
+def test_candidates_are_dealt_round_robin_over_at_most_one_job_each(tasks, jobs):
+    dealt = deal(NAMES, tasks)
+    assert dealt == jobs
+    assert sorted(n for job in dealt for n in job) == sorted(NAMES)
+    assert max(map(len, dealt)) - min(map(len, dealt)) <= 1
+
+
+def test_training_tasks_setting(monkeypatch):
+    monkeypatch.delenv("TRAINING_TASKS", raising=False)
+    assert TrainingSettings().training_tasks == 1
+    monkeypatch.setenv("TRAINING_TASKS", "4")
+    assert TrainingSettings().training_tasks == 4
+    monkeypatch.setenv("TRAINING_TASKS", "0")
+    with pytest.raises(SettingsError, match="TRAINING_TASKS must be >= 1"):
+        TrainingSettings()
+    monkeypatch.setenv("TRAINING_TASKS", "two")
+    with pytest.raises(SettingsError, match="TRAINING_TASKS must be an integer"):
+        TrainingSettings()
+
+
+def test_the_champion_need_not_be_its_own_jobs_best():
+    """Why several jobs log every model: the rule looks at the top score over all candidates,
+    so a job that chose among its own would keep the wrong model here."""
+    rule = {"metric": "accuracy", "margin": 0.005, "max_bytes": 50 * MB}
+    a, b, c = _result("a", 0.910, 8), _result("b", 0.906, 5), _result("c", 0.902, 1)
+    assert choose_champion([a, b, c], **rule).candidate == "b"
+    # b and c in one job: c ties with b there (0.004) and is smaller; globally c is 0.008
+    # behind a and out of the tie.
+    assert choose_champion([b, c], **rule).candidate == "c"

@@ -1,5 +1,5 @@
 """A pipeline run in one process: in two steps or in one call. (The DAG splits training
-over tasks, one per candidate: app.pipeline.mapped, built on the pieces here.)
+over TRAINING_TASKS mapped tasks: app.pipeline.mapped, built on the pieces here.)
 
 - `train_and_log`: train and evaluate every candidate under one parent run (a child run per
   candidate), choose the champion and log its model. Returns a TrainedRun, which is plain data
@@ -32,10 +32,10 @@ from app.pipeline.candidates import (
     parse_overrides,
     prepare_for_serving,
 )
-from app.pipeline.evaluate import MB, Evaluation, evaluate, fit
+from app.pipeline.evaluate import Evaluation, evaluate, fit
 from app.pipeline.features import batches_in, check_frame
 from app.pipeline.registry import PromotionDecision, register_and_promote
-from app.pipeline.selection import choose_champion
+from app.pipeline.selection import choose_by_settings
 from app.settings import MlflowSettings, TrainingSettings
 
 if TYPE_CHECKING:
@@ -274,6 +274,12 @@ def fit_in_active_run(
     return _Trained(evaluation, model, child.info.run_id, uri)
 
 
+def champion_model_uri(champion: _Trained, holdout: pd.DataFrame) -> str:
+    """The champion's model URI: logged into the active run (its child run) now, unless it
+    was logged with the others' (TRAINING_LOG_ALL_MODELS), so it is logged once."""
+    return champion.model_uri or tracking.log_model(champion.model, holdout).model_uri
+
+
 def _log_champion(
     champion: _Trained,
     evaluations: list[Evaluation],
@@ -287,7 +293,7 @@ def _log_champion(
     mlflow.log_text(tracking.summary_json(evaluations), "candidates.json")
     with mlflow.start_run(run_id=champion.run_id, nested=True):
         mlflow.set_tag("champion", "true")
-        uri = champion.model_uri or tracking.log_model(champion.model, holdout).model_uri
+        uri = champion_model_uri(champion, holdout)
         if champion_hook is not None:
             champion_hook(champion.model, holdout, champion.run_id)
     return uri
@@ -331,12 +337,7 @@ def _train_and_log(
             ]
             timings["candidates"] = time.perf_counter() - started
             evaluations = [t.evaluation for t in trained]
-            best = choose_champion(
-                evaluations,
-                metric=settings.metric,
-                margin=settings.promotion_margin,
-                max_bytes=int(settings.max_model_mb * MB),
-            )
+            best = choose_by_settings(evaluations, settings)
             champion = next(t for t in trained if t.evaluation is best)
             step = time.perf_counter()
             model_uri = _log_champion(champion, evaluations, holdout, champion_hook)

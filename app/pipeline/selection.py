@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from app.pipeline.evaluate import MB, Scores
+from app.settings import TrainingSettings
 
 # Scores are fractions of a few thousand rows; differences below this are float noise.
 _EPSILON = 1e-9
@@ -76,3 +77,13 @@ def choose_champion(evaluations: Sequence[R], *, metric: str, margin: float, max
     top = max(e.scores.get(metric) for e in pool)
     tied = [e for e in pool if _tied(top - e.scores.get(metric), margin)]
     return min(tied, key=lambda e: (e.size_bytes, -e.scores.get(metric)))
+
+
+def choose_by_settings(evaluations: Sequence[R], settings: TrainingSettings) -> R:
+    """choose_champion with the metric, margin and size cap of the settings (PROMOTION_*)."""
+    return choose_champion(
+        evaluations,
+        metric=settings.metric,
+        margin=settings.promotion_margin,
+        max_bytes=int(settings.max_model_mb * MB),
+    )

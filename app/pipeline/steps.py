@@ -180,9 +180,9 @@ def _snapshot(config: PipelineConfig, group_number: int):  # noqa: ANN202 - (tra
 def prepare_training(
     config: PipelineConfig, report: dict[str, Any], dag_run_id: str | None = None
 ) -> list[dict[str, Any]]:
-    """Open the run's MLflow parent run and return one small job per candidate (names, the
-    parent run's id, the data fingerprint and the seed): the list the candidate task maps
-    over."""
+    """Open the run's MLflow parent run and return TRAINING_TASKS small jobs at most, one per
+    candidate at most (each job's candidate names, the parent run's id, the data fingerprint
+    and the seed): the list the training task maps over."""
     from app.pipeline.mapped import open_parent_run
     from app.pipeline.run import RunMetadata
 
@@ -194,12 +194,20 @@ def prepare_training(
         RunMetadata(group_number=group, data_fingerprint=fingerprint, dag_run_id=dag_run_id),
         mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri),
     )
-    log.info("parent run %s: %d candidates", jobs[0].parent_run_id, len(jobs))
+    log.info(
+        "parent run %s: %s",
+        jobs[0].parent_run_id,
+        ", ".join(f"job {i}: {job.name}" for i, job in enumerate(jobs)),
+    )
     return [job.to_dict() for job in jobs]
 
 
-def train_candidate(config: PipelineConfig, job: dict[str, Any]) -> dict[str, Any]:
-    """Train and log one candidate of the job on the rows the run was prepared on."""
+def train_candidate(
+    config: PipelineConfig, job: dict[str, Any], *, last_try: bool = True
+) -> list[dict[str, Any]]:
+    """Train and log the job's candidates on the rows the run was prepared on. last_try: the
+    task has no retry left, so candidates that failed are left out instead of raising
+    (app.pipeline.mapped.train_job)."""
     from app.pipeline.mapped import TrainingJob, train_job
 
     training = TrainingJob.from_dict(job)
@@ -211,20 +219,24 @@ def train_candidate(config: PipelineConfig, job: dict[str, Any]) -> dict[str, An
             f"batches_db holds other rows (fingerprint {fingerprint[:12]}) than the run was"
             f" prepared on ({str(training.data_fingerprint)[:12]})"
         )
-    result = train_job(
+    results = train_job(
         training,
         train,
         holdout,
+        last_try=last_try,
         mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri),
     )
-    return result.to_dict()
+    return [result.to_dict() for result in results]
 
 
 def pick_champion(
-    config: PipelineConfig, jobs: Sequence[dict[str, Any]], results: Iterable[dict[str, Any]]
+    config: PipelineConfig,
+    jobs: Sequence[dict[str, Any]],
+    results: Iterable[Sequence[dict[str, Any]]],
 ) -> dict[str, Any]:
-    """Choose the champion among the candidates that trained, log it (with its ONNX form)
-    and close the parent run; the result is what register_and_promote takes."""
+    """Choose the champion among the candidates that trained (results: each training task's
+    list, flattened here), log it (with its ONNX form) and close the parent run; the result
+    is what register_and_promote takes."""
     from app.batch_store.read import load_rows
     from app.onnx_model import log_onnx_artifacts
     from app.pipeline.mapped import CandidateResult, TrainingJob
@@ -234,7 +246,7 @@ def pick_champion(
     holdout = load_rows(config.batches_dsn, "holdout", group_number=training[0].group_number)
     trained = pick(
         training,
-        [CandidateResult.from_dict(r) for r in results],
+        [CandidateResult.from_dict(r) for task in results for r in task],
         holdout,
         mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri),
         champion_hook=log_onnx_artifacts,
@@ -246,7 +258,8 @@ def train_and_evaluate(
     config: PipelineConfig, report: dict[str, Any], dag_run_id: str | None = None
 ) -> dict[str, Any]:
     """prepare_training, train_candidate for each job and pick_champion, one after the other
-    in this process (benchmarks/pipeline_bench.py): what the DAG's tasks do, unparallelised."""
+    in this process (benchmarks/pipeline_bench.py): what the DAG's tasks do, unparallelised.
+    Each job gets its one try (last_try), as a task with no retries would."""
     jobs = prepare_training(config, report, dag_run_id=dag_run_id)
     results = [train_candidate(config, job) for job in jobs]
     return pick_champion(config, jobs, results)
