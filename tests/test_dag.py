@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
@@ -22,7 +23,7 @@ from app.pipeline.selection import choose_champion
 from app.settings import TrainingSettings
 from tests.conftest import REPO_ROOT
 from tests.dag_harness import base_env, run_dag, sample_rows
-from tests.mlflow_server import MlflowServer
+from tests.mlflow_server import MlflowServer, runs_with_a_logged_model
 from tests.test_data_api_process import data_api_process
 from tests.test_data_client import CourseServer, Reply, ScriptedServer
 
@@ -36,6 +37,12 @@ DOWNSTREAM_OF_GATE = (
     "reload_inference_api",
 )
 CANDIDATES = ("hist_gradient_boosting", "extra_trees", "random_forest", "logistic_regression")
+# TRAINING_TASKS -> the mapped training tasks' names (their candidates, dealt round-robin).
+JOB_NAMES = {
+    "1": ["+".join(CANDIDATES)],
+    "2": ["hist_gradient_boosting+random_forest", "extra_trees+logistic_regression"],
+    "4": list(CANDIDATES),
+}
 
 
 def _count(dsn: str, sql: str) -> int:
@@ -215,21 +222,28 @@ print("HEAVY:" + ",".join(heavy))
 # --- full runs ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("training_tasks", sorted(JOB_NAMES))
 def test_full_run_stores_trains_registers_and_promotes(
-    pipeline_env: dict[str, str], mlflow_server: MlflowServer, s3, tmp_path: Path
+    pipeline_env: dict[str, str], mlflow_server: MlflowServer, s3, tmp_path: Path, training_tasks
 ) -> None:
     with data_api_process(tmp_path, "data-api", DATA_API_SEED="7") as api:
-        env = {**pipeline_env, "DATA_API_URL": api.base_url, "DATA_API_GROUP": "3"}
+        env = {
+            **pipeline_env,
+            "DATA_API_URL": api.base_url,
+            "DATA_API_GROUP": "3",
+            "TRAINING_TASKS": training_tasks,
+        }
         outcome = run_dag(env)
     assert outcome["state"] == "success", outcome["log"][-6000:]
     tasks = outcome["tasks"]
     for task_id in ("prepare_training", "train_candidate", "pick_champion"):
         assert tasks[task_id] == "success", (task_id, tasks)
     assert tasks["register_and_promote"] == "success"
-    # One task instance per candidate, named after it, each done on its first try.
+    # One task instance per job, named after its candidates, each done on its first try.
     mapped = outcome["mapped"]["train_candidate"]
-    assert [m["map_index"] for m in mapped] == list(range(len(CANDIDATES)))
-    assert [m["name"] for m in mapped] == list(CANDIDATES)
+    names = JOB_NAMES[training_tasks]
+    assert [m["map_index"] for m in mapped] == list(range(len(names)))
+    assert [m["name"] for m in mapped] == names
     assert {(m["state"], m["try_number"]) for m in mapped} == {("success", 1)}
     # No inference API configured: the reload step reports that and succeeds.
     assert tasks["reload_inference_api"] == "success"
@@ -273,12 +287,22 @@ def test_full_run_stores_trains_registers_and_promotes(
     assert parent.data.tags["champion"] == best == mv.tags["candidate"]
     assert mv.run_id == children[best].info.run_id
     assert "failed_candidates" not in parent.data.tags
-    # XComs are ids, names and metrics: no rows, no models.
+    # One task: it chose the champion and logged only that model. Several: every model,
+    # since only the picker sees every candidate.
+    logged = runs_with_a_logged_model(mlflow_server.tracking_uri, parent.info.experiment_id)
+    if training_tasks == "1":
+        assert logged == [children[best].info.run_id]
+    else:
+        assert logged == sorted(c.info.run_id for c in children.values())
+    # XComs are ids, names and metrics: no rows, no models. Each task returns a list, one
+    # result per candidate of its job.
     results = _mapped_xcoms(env, "train_candidate")
-    assert sorted(results) == list(range(len(CANDIDATES)))
-    for value in results.values():
-        assert len(value) < 4000, value[:300]
-        assert json.loads(value)["run_id"] in {c.info.run_id for c in children.values()}
+    assert sorted(results) == list(range(len(names)))
+    for index, value in results.items():
+        assert len(value) < 4000 * len(CANDIDATES), value[:300]
+        returned = json.loads(value)
+        assert "+".join(r["candidate"] for r in returned) == names[index]
+        assert {r["run_id"] for r in returned} <= {c.info.run_id for c in children.values()}
     assert len(json.dumps(_xcom(env, "prepare_training"))) < 8000
     # The model's files really are in the bucket, put there by the server's artifact proxy.
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="mlflows3").get("Contents", [])]
@@ -394,7 +418,12 @@ def test_a_candidate_that_fails_for_good_is_left_out_and_the_others_compete(
         Reply(body={"group_number": 5, "batch_number": 1, "data": sample_rows(0, 600)})
     ]
     env = _with_bad_params(
-        {**pipeline_env, "DATA_API_URL": scripted_api.url, "DATA_API_GROUP": "5"},
+        {
+            **pipeline_env,
+            "DATA_API_URL": scripted_api.url,
+            "DATA_API_GROUP": "5",
+            "TRAINING_TASKS": "4",
+        },
         {"logistic_regression": {"max_iter": -1}},
     )
     outcome = run_dag(env)
@@ -429,6 +458,51 @@ def test_a_candidate_that_fails_for_good_is_left_out_and_the_others_compete(
     assert mv.tags["candidate"] == parent.data.tags["champion"]
 
 
+def test_a_candidate_failing_inside_a_task_retries_it_and_then_leaves_it_out(
+    pipeline_env: dict[str, str], mlflow_server: MlflowServer, scripted_api: ScriptedServer
+) -> None:
+    # TRAINING_TASKS=2: logistic_regression shares its task with extra_trees. The first try
+    # trains both and fails (a retry is left); the retry, the last try, trains only
+    # logistic_regression again (extra_trees' finished child run is reused), fails it again
+    # and returns extra_trees' result, so the task succeeds and the picker names the failure.
+    scripted_api.replies = [
+        Reply(body={"group_number": 6, "batch_number": 1, "data": sample_rows(0, 600)})
+    ]
+    env = _with_bad_params(
+        {
+            **pipeline_env,
+            "DATA_API_URL": scripted_api.url,
+            "DATA_API_GROUP": "6",
+            "TRAINING_TASKS": "2",
+        },
+        {"logistic_regression": {"max_iter": -1}},
+    )
+    outcome = run_dag(env)
+    assert outcome["state"] == "success", outcome["log"][-6000:]
+    mapped = outcome["mapped"]["train_candidate"]
+    assert [(m["name"], m["state"], m["try_number"]) for m in mapped] == [
+        ("hist_gradient_boosting+random_forest", "success", 1),
+        ("extra_trees+logistic_regression", "success", 2),
+    ]
+    assert outcome["tasks"]["register_and_promote"] == "success"
+
+    client = MlflowClient(mlflow_server.tracking_uri)
+    name = env["MLFLOW_REGISTERED_MODEL"]
+    mv = client.get_model_version(name, "1")
+    assert mv.tags["failed_candidates"] == "logistic_regression"
+    parent = client.get_run(mv.tags["parent_run_id"])
+    assert parent.data.tags["failed_candidates"] == "logistic_regression"
+    children = _children(client, parent)
+    assert children["logistic_regression"].info.status == "FAILED"
+    assert children["logistic_regression"].data.tags["attempts"] == "2"
+    others = [n for n in CANDIDATES if n != "logistic_regression"]
+    assert {children[n].info.status for n in others} == {"FINISHED"}
+    # Trained once each: extra_trees was reused by the retry, not trained again.
+    assert {children[n].data.tags["attempts"] for n in others} == {"1"}
+    assert parent.data.tags["champion"] == _champion_by_the_rule(children, tuple(others))
+    assert mv.tags["candidate"] == parent.data.tags["champion"]
+
+
 def test_every_candidate_failing_fails_the_run_and_registers_nothing(
     pipeline_env: dict[str, str], mlflow_server: MlflowServer, scripted_api: ScriptedServer
 ) -> None:
@@ -452,7 +526,10 @@ def test_every_candidate_failing_fails_the_run_and_registers_nothing(
     )
     second = run_dag(broken)
     assert second["state"] == "failed"
-    assert {m["state"] for m in second["mapped"]["train_candidate"]} == {"failed"}
+    # One task (TRAINING_TASKS=1) with both candidates: both fail on its last try, so it fails.
+    assert [
+        (m["name"], m["state"], m["try_number"]) for m in second["mapped"]["train_candidate"]
+    ] == [("random_forest+logistic_regression", "failed", 2)]
     tasks = second["tasks"]
     # The picker runs (prepare_training succeeded), closes the parent run as FAILED and fails
     # without a retry: a second look would find the same. Nothing after it runs.
