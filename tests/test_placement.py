@@ -24,6 +24,7 @@ FACTS = [
     "postgresql_listen_addresses",
     "mysql_bind_address",
     "mysql_user_hosts",
+    "airflow_training_tasks",
 ]
 ANSIBLE_BIN = Path(sys.executable).parent / "ansible"
 
@@ -50,6 +51,8 @@ def test_one_host_keeps_every_backend_on_loopback() -> None:
     assert facts["postgresql_listen_addresses"] == "localhost"
     assert facts["mysql_bind_address"] == "127.0.0.1"
     assert facts["mysql_user_hosts"] == ["localhost", "127.0.0.1"]
+    # The LocalExecutor: one training task (each extra one only adds its start on one host).
+    assert int(facts["airflow_training_tasks"]) == 1
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +126,15 @@ def test_the_lab_with_celery_workers_opens_what_the_workers_call(lab, lab_celery
     assert (f"{serve}/32", "batches_db,airflow") in hba
     hba_local = {(e["source"], e["databases"]) for e in lab["lab-data"]["postgresql_hba_entries"]}
     assert (f"{serve}/32", "batches_db,airflow") not in hba_local
+
+
+def test_training_tasks_follow_the_executor(lab, lab_celery) -> None:
+    """TRAINING_TASKS: 1 with the LocalExecutor; with Celery one per worker slot: the lab's
+    two workers times airflow_celery_worker_concurrency (2)."""
+    assert {int(f["airflow_training_tasks"]) for f in lab.values()} == {1}
+    assert {int(f["airflow_training_tasks"]) for f in lab_celery.values()} == {4}
+    three_slots = placement(
+        "lab", "lab-control", "-e", "mlops_airflow_executor=CeleryExecutor",
+        "-e", "airflow_celery_worker_concurrency=3",
+    )  # fmt: skip
+    assert int(three_slots["airflow_training_tasks"]) == 6

@@ -231,6 +231,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                             "src": str(ANSIBLE_DIR / "roles" / "ui" / "templates" / "ui.env.j2"),
                             "dest": "ui.env",
                         },
+                        {
+                            "src": str(
+                                ANSIBLE_DIR / "roles" / "airflow" / "templates" / "airflow.env.j2"
+                            ),
+                            "dest": "airflow.env",
+                        },
                     ],
                     "vars": {"common_firewall_allowed_tcp_ports": [22]},
                 },
@@ -295,6 +301,13 @@ def test_the_ui_gets_a_generated_login(rendered: dict[str, str]) -> None:
     assert env["UI_ADMIN_USERNAME"] == "admin"
     assert re.fullmatch(r"[A-Za-z0-9]{24}", env["UI_ADMIN_PASSWORD"]), "not generated"
     assert env["UI_ADMIN_PASSWORD"] not in rendered["summary.txt"]
+
+
+def test_the_pipeline_trains_in_one_task_on_one_host(rendered: dict[str, str]) -> None:
+    # The LocalExecutor (the default): airflow_training_tasks from group_vars/all/celery.yml.
+    env = dict(ln.split("=", 1) for ln in rendered["airflow.env"].splitlines() if "=" in ln)
+    assert env["TRAINING_TASKS"] == "1"
+    assert env["MLFLOW_EXPERIMENT_NAME"], "the pipeline's settings are in the same file"
 
 
 def test_proxy_config_terminates_tls_for_every_service(rendered: dict[str, str]) -> None:
