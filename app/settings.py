@@ -263,6 +263,12 @@ class TrainingSettings:
     log_all_models: bool = field(
         default_factory=lambda: _env_bool("TRAINING_LOG_ALL_MODELS", False)
     )
+    # How many mapped training tasks a DAG run splits its candidates over (at most one per
+    # candidate). Every task pays Airflow's start (a process, imports, reading the rows: several
+    # seconds) before it fits anything, so on one host, where the fits share the same cores
+    # anyway, 1 is fastest; with Celery workers on several hosts, one per free worker slot
+    # trains that many candidates at once (ansible: airflow_training_tasks).
+    training_tasks: int = field(default_factory=lambda: _env_int("TRAINING_TASKS", 1, minimum=1))
 
 
 def _env_optional(name: str) -> str | None:

@@ -6,6 +6,9 @@ runs app.pipeline.steps for each batch exactly as the DAG's tasks call them, tim
 
     fetch -> store -> train_and_evaluate -> register_and_promote
 
+(train_and_evaluate is the DAG's prepare_training, train_candidate for each candidate and
+pick_champion, one after the other in this process: the mapped tasks' code, unparallelised.)
+
 and records per batch: rows fetched / stored, training and held-out rows, the champion's
 held-out accuracy and macro-F1, whether it was promoted, and the time of each step. The
 result is written to docs/benchmarks.md ("Pipeline" section) and printed.

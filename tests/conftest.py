@@ -112,11 +112,24 @@ def covertype_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
     )
 
 
+def node_slug(name: str, width: int) -> str:
+    """A test's name as an MLflow experiment or model name of at most `width` characters,
+    unique per test: a long name keeps a hash of the whole, so parametrized tests whose
+    names differ only past the cut (test_x[1], test_x[2]) do not share an experiment."""
+    import hashlib
+
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+    if len(slug) <= width:
+        return slug
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{slug[: width - 9].strip('-')}-{digest}"
+
+
 @pytest.fixture
 def mlflow_settings(mlflow_server: MlflowServer, request: pytest.FixtureRequest) -> MlflowSettings:
     """Settings pointing at the session server, with an experiment and a registered model of
     this test's own, so tests never see each other's versions or aliases."""
-    slug = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60].strip("-").lower()
+    slug = node_slug(request.node.name, 60)
     return MlflowSettings(
         tracking_uri=mlflow_server.tracking_uri,
         experiment_name=f"forest_cover-{slug}",

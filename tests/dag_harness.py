@@ -80,9 +80,9 @@ def pipeline_env(
     request: pytest.FixtureRequest,
 ) -> dict[str, str]:
     """Settings the DAG reads, with a model name of this test's own."""
-    from tests.conftest import SMALL_CANDIDATE_PARAMS
+    from tests.conftest import SMALL_CANDIDATE_PARAMS, node_slug
 
-    slug = "".join(c if c.isalnum() else "-" for c in request.node.name)[:50].strip("-").lower()
+    slug = node_slug(request.node.name, 50)
     return {
         **airflow_home,
         "BATCHES_DB_DSN": batches_dsn,

@@ -165,3 +165,17 @@ def mlflow_server(base: Path, mysql: MySQLServer, s3: S3Server) -> Iterator[Mlfl
         yield server
     finally:
         server.stop()
+
+
+def runs_with_a_logged_model(tracking_uri: str, experiment_id: str) -> list[str]:
+    """The run ids the experiment's logged models came from, one entry per model (MLflow 3
+    keeps logged models apart from runs; a run that logged two has two entries)."""
+    from mlflow import MlflowClient
+
+    client, found, token = MlflowClient(tracking_uri), [], None
+    while True:
+        page = client.search_logged_models([experiment_id], page_token=token)
+        found += [m.source_run_id for m in page]
+        token = page.token
+        if not token:
+            return sorted(found)

@@ -13,9 +13,11 @@ never runs.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -31,6 +33,7 @@ from tests.servers import PostgresServer, free_port, port_open, redis_server, wa
 pytestmark = pytest.mark.timeout(420)
 
 DAG_ID = "celery_probe"
+PIPELINE_DAG_ID = "forest_cover_mlops_pipeline"
 PROBE_DAG = textwrap.dedent(
     """
     import json
@@ -85,6 +88,8 @@ def celery_env(postgres: PostgresServer, server_root: Path) -> Iterator[dict[str
     dags = base / "dags"
     dags.mkdir(exist_ok=True)
     (dags / "celery_probe.py").write_text(PROBE_DAG)
+    # The pipeline's own DAG file too (a copy: the worker finds it in the same DAG folder).
+    shutil.copy(REPO_ROOT / "dags" / f"{PIPELINE_DAG_ID}.py", dags)
     home = base / "airflow"
     home.mkdir(exist_ok=True)
     dsn = postgres.create_database("airflow_celery")
@@ -154,11 +159,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _dags_test(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str] | None:
+def _dags_test(
+    env: dict[str, str], timeout: float, dag_id: str = DAG_ID
+) -> subprocess.CompletedProcess[str] | None:
     """`airflow dags test --use-executor`; None when it did not finish within timeout."""
     try:
         return subprocess.run(
-            [AIRFLOW, "dags", "test", "--use-executor", DAG_ID],
+            [AIRFLOW, "dags", "test", "--use-executor", dag_id],
             env=env,
             capture_output=True,
             text=True,
@@ -221,3 +228,82 @@ def test_no_worker_no_task(celery_env: dict[str, str]) -> None:
     run = _dags_test(celery_env, timeout=25)
     assert not out.exists(), "the task ran with no Celery worker"
     assert run is None or run.returncode != 0 or "success" not in run.stdout.lower()
+
+
+def _task_instances(env: dict[str, str], dag_id: str) -> list[dict[str, object]]:
+    """The task instances of the DAG's latest run, from the metadata database."""
+    import psycopg2
+
+    dsn = env["AIRFLOW__CELERY__RESULT_BACKEND"].removeprefix("db+")
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT task_id, map_index, rendered_map_index, state, id::text,"
+            " extract(epoch FROM start_date), extract(epoch FROM end_date) FROM task_instance"
+            " WHERE dag_id = %s AND run_id = (SELECT run_id FROM dag_run WHERE dag_id = %s"
+            " ORDER BY id DESC LIMIT 1) ORDER BY task_id, map_index",
+            (dag_id, dag_id),
+        )
+        keys = ("task_id", "map_index", "name", "state", "id", "start", "end")
+        return [dict(zip(keys, row, strict=True)) for row in cur.fetchall()]
+
+
+@pytest.mark.timeout(900)
+def test_the_pipeline_candidates_train_side_by_side_on_the_celery_worker(
+    celery_env: dict[str, str],
+    server_root: Path,
+    pipeline_env: dict[str, str],
+    scripted_api,  # noqa: ANN001 - tests.test_data_client.ScriptedServer
+) -> None:
+    """The real pipeline DAG through the CeleryExecutor: every task, each training task's
+    mapped instance included, is a Celery task the worker received, and with concurrency 2
+    and TRAINING_TASKS=2 (what ansible derives for one worker: workers x concurrency) the
+    worker trains two candidates at the same time, one in each task."""
+    from tests.dag_harness import sample_rows
+    from tests.test_data_client import Reply
+
+    scripted_api.replies = [
+        Reply(body={"group_number": 9, "batch_number": 1, "data": sample_rows(0, 800)})
+    ]
+    settings = {
+        k: v
+        for k, v in pipeline_env.items()
+        if not k.startswith("AIRFLOW") and k not in ("PYTHONPATH",)
+    }
+    env = {
+        **celery_env,
+        **settings,
+        "DATA_API_URL": scripted_api.url,
+        "DATA_API_GROUP": "9",
+        "TRAINING_TASKS": celery_env["AIRFLOW__CELERY__WORKER_CONCURRENCY"],
+    }
+    log = server_root / "celery" / "worker-pipeline.log"
+    worker = _start_worker(env, log)
+    try:
+        wait_for(lambda: "ready" in log.read_text(errors="replace"), "celery worker", 120, log=log)
+        run = _dags_test(env, timeout=720, dag_id=PIPELINE_DAG_ID)
+        assert run is not None, "the pipeline run did not finish\n" + log.read_text()[-3000:]
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        _stop(worker)
+    tis = _task_instances(celery_env, PIPELINE_DAG_ID)
+    assert {t["state"] for t in tis} == {"success"}, tis
+    mapped = [t for t in tis if t["task_id"] == "train_candidate"]
+    assert [t["name"] for t in mapped] == [
+        "hist_gradient_boosting+random_forest",
+        "extra_trees+logistic_regression",
+    ]
+    # The executor sent each task instance to Celery, and this worker executed it: its log
+    # names every instance's id in an "Executing workload" line.
+    executed = [
+        ln for ln in log.read_text(errors="replace").splitlines() if "Executing workload" in ln
+    ]
+    for ti in tis:
+        assert any(str(ti["id"]) in ln for ln in executed), (ti, executed[:3])
+    spans = sorted((float(t["start"]), float(t["end"])) for t in mapped)
+    overlapping = any(b[0] < a[1] for a, b in itertools.pairwise(spans))
+    assert overlapping, f"the two training tasks did not run at the same time: {spans}"
+    whole = max(float(t["end"]) for t in tis) - min(float(t["start"]) for t in tis)
+    print(
+        f"\npipeline run on the Celery worker (concurrency 2): {whole:.1f} s; training tasks "
+        + ", ".join(f"{t['name']} {float(t['end']) - float(t['start']):.1f} s" for t in mapped)
+    )

@@ -3,6 +3,7 @@ settings. No server needed."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -18,6 +19,7 @@ from app.pipeline.candidates import (
 )
 from app.pipeline.evaluate import MB, Evaluation, Scores, evaluate, fit, serialized_size
 from app.pipeline.features import TrainingDataError, build_features, check_frame
+from app.pipeline.mapped import CandidateResult, TrainingJob, _one_per_candidate, deal
 from app.pipeline.plots import confusion_matrix_svg
 from app.pipeline.selection import choose_champion, compare
 from app.settings import SettingsError, TrainingSettings
@@ -214,3 +216,109 @@ def test_frames_from_the_fixture_look_like_the_batch_store(covertype_frames):
     assert len(train) == 4000 and len(holdout) == 1000
     assert train["Soil_Type"].map(type).eq(str).all()
     assert isinstance(train, pd.DataFrame) and "batch_number" in train.columns
+
+
+def _result(name: str, accuracy: float, size_mb: float, parent: str = "p") -> CandidateResult:
+    e = _evaluation(name, accuracy, size_mb)
+    return CandidateResult(
+        candidate=name,
+        run_id=f"run-{name}",
+        parent_run_id=parent,
+        model_uri=f"models:/m-{name}",
+        accuracy=e.scores.accuracy,
+        macro_f1=e.scores.macro_f1,
+        holdout_rows=e.scores.rows,
+        size_bytes=e.size_bytes,
+        measured=e.metrics(),
+    )
+
+
+def test_the_rule_picks_the_same_from_task_results_as_from_evaluations():
+    table = [("boosting", 0.900, 8), ("forest", 0.898, 40), ("tiny", 0.897, 0.1)]
+    for margin in (0.005, 0.001, 0.0):
+        rule = {"metric": "accuracy", "margin": margin, "max_bytes": 50 * MB}
+        from_evaluations = choose_champion([_evaluation(*row) for row in table], **rule)
+        from_results = choose_champion([_result(*row) for row in table], **rule)
+        assert from_results.candidate == from_evaluations.candidate, margin
+
+
+def test_task_results_and_jobs_survive_json_and_refuse_foreign_data():
+    result = _result("forest", 0.9, 2)
+    assert CandidateResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    assert result.scores == Scores(accuracy=0.9, macro_f1=0.8, rows=1000)
+    job = TrainingJob(
+        candidates=["forest", "boosting"],
+        overrides={"forest": {"n_estimators": 3}, "boosting": {}},
+        whole_run=False,
+        seed=1,
+        parent_run_id="p",
+        experiment_id="1",
+        group_number=2,
+        data_fingerprint="f" * 64,
+        dag_run_id="manual__x",
+        batches=[1, 2],
+        train_rows=10,
+        holdout_rows=3,
+    )
+    assert TrainingJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    assert job.tags()["batches"] == "1,2" and job.tags()["dag_run_id"] == "manual__x"
+    assert job.name == "forest+boosting"
+    with pytest.raises(ValueError, match="not a TrainingJob: missing"):
+        TrainingJob.from_dict({"candidate": "forest"})
+    unlogged = CandidateResult.from_dict({**result.to_dict(), "model_uri": None})
+    assert CandidateResult.from_dict(json.loads(json.dumps(unlogged.to_dict()))) == unlogged
+
+
+def test_one_result_per_candidate_of_this_run_only():
+    job = TrainingJob(["forest", "boosting"], {}, False, 1, "p", "1", 2, None, None, [1], 10, 3)
+    first, retried = _result("forest", 0.8, 2), _result("forest", 0.9, 2)
+    stranger = _result("boosting", 0.99, 1, parent="another-run")
+    chosen = _one_per_candidate([first, stranger, retried], job, ["forest", "boosting"])
+    assert chosen == {"forest": retried}
+
+
+NAMES = ["hist_gradient_boosting", "extra_trees", "random_forest", "logistic_regression"]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "jobs"),
+    [
+        (1, [NAMES]),
+        (2, [["hist_gradient_boosting", "random_forest"], ["extra_trees", "logistic_regression"]]),
+        (
+            3,
+            [["hist_gradient_boosting", "logistic_regression"], ["extra_trees"], ["random_forest"]],
+        ),
+        (4, [[n] for n in NAMES]),
+        (9, [[n] for n in NAMES]),
+    ],
+)
+def test_candidates_are_dealt_round_robin_over_at_most_one_job_each(tasks, jobs):
+    dealt = deal(NAMES, tasks)
+    assert dealt == jobs
+    assert sorted(n for job in dealt for n in job) == sorted(NAMES)
+    assert max(map(len, dealt)) - min(map(len, dealt)) <= 1
+
+
+def test_training_tasks_setting(monkeypatch):
+    monkeypatch.delenv("TRAINING_TASKS", raising=False)
+    assert TrainingSettings().training_tasks == 1
+    monkeypatch.setenv("TRAINING_TASKS", "4")
+    assert TrainingSettings().training_tasks == 4
+    monkeypatch.setenv("TRAINING_TASKS", "0")
+    with pytest.raises(SettingsError, match="TRAINING_TASKS must be >= 1"):
+        TrainingSettings()
+    monkeypatch.setenv("TRAINING_TASKS", "two")
+    with pytest.raises(SettingsError, match="TRAINING_TASKS must be an integer"):
+        TrainingSettings()
+
+
+def test_the_champion_need_not_be_its_own_jobs_best():
+    """Why several jobs log every model: the rule looks at the top score over all candidates,
+    so a job that chose among its own would keep the wrong model here."""
+    rule = {"metric": "accuracy", "margin": 0.005, "max_bytes": 50 * MB}
+    a, b, c = _result("a", 0.910, 8), _result("b", 0.906, 5), _result("c", 0.902, 1)
+    assert choose_champion([a, b, c], **rule).candidate == "b"
+    # b and c in one job: c ties with b there (0.004) and is smaller; globally c is 0.008
+    # behind a and out of the tie.
+    assert choose_champion([b, c], **rule).candidate == "c"

@@ -25,6 +25,7 @@ FACTS = [
     "mysql_bind_address",
     "mysql_user_hosts",
     "proxy_inference_api_upstream",
+    "airflow_training_tasks",
 ]
 ANSIBLE_BIN = Path(sys.executable).parent / "ansible"
 
@@ -53,6 +54,8 @@ def test_one_host_keeps_every_backend_on_loopback() -> None:
     assert facts["postgresql_listen_addresses"] == "localhost"
     assert facts["mysql_bind_address"] == "127.0.0.1"
     assert facts["mysql_user_hosts"] == ["localhost", "127.0.0.1"]
+    # The LocalExecutor: one training task (each extra one only adds its start on one host).
+    assert int(facts["airflow_training_tasks"]) == 1
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +149,15 @@ def test_a_second_inference_host_is_a_replica_behind_the_proxy(tmp_path: Path) -
     assert rules(control)[port] == ["10.77.0.13"]  # the proxy's host
     # With one inference host the proxy has one upstream (the lab's own inventory).
     assert placement("lab", "lab-serve")["proxy_inference_api_upstream"] == f"127.0.0.1:{port}"
+
+
+def test_training_tasks_follow_the_executor(lab, lab_celery) -> None:
+    """TRAINING_TASKS: 1 with the LocalExecutor; with Celery one per worker slot: the lab's
+    two workers times airflow_celery_worker_concurrency (2)."""
+    assert {int(f["airflow_training_tasks"]) for f in lab.values()} == {1}
+    assert {int(f["airflow_training_tasks"]) for f in lab_celery.values()} == {4}
+    three_slots = placement(
+        "lab", "lab-control", "-e", "mlops_airflow_executor=CeleryExecutor",
+        "-e", "airflow_celery_worker_concurrency=3",
+    )  # fmt: skip
+    assert int(three_slots["airflow_training_tasks"]) == 6

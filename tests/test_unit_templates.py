@@ -229,6 +229,12 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                             "src": str(ANSIBLE_DIR / "roles" / "ui" / "templates" / "ui.env.j2"),
                             "dest": "ui.env",
                         },
+                        {
+                            "src": str(
+                                ANSIBLE_DIR / "roles" / "airflow" / "templates" / "airflow.env.j2"
+                            ),
+                            "dest": "airflow.env",
+                        },
                     ],
                     "vars": {"common_firewall_allowed_tcp_ports": [22]},
                 },
@@ -326,6 +332,13 @@ def test_the_summary_names_where_each_password_is_and_shows_none(
     ):
         (line,) = re.findall(rf"^{label} .* user .*$", summary, re.M)
         assert re.search(rf"  password in /\S+/{file}$", line), line
+
+
+def test_the_pipeline_trains_in_one_task_on_one_host(rendered: dict[str, str]) -> None:
+    # The LocalExecutor (the default): airflow_training_tasks from group_vars/all/celery.yml.
+    env = dict(ln.split("=", 1) for ln in rendered["airflow.env"].splitlines() if "=" in ln)
+    assert env["TRAINING_TASKS"] == "1"
+    assert env["MLFLOW_EXPERIMENT_NAME"], "the pipeline's settings are in the same file"
 
 
 def test_proxy_config_terminates_tls_for_every_service(rendered: dict[str, str]) -> None:

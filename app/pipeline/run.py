@@ -1,4 +1,5 @@
-"""A pipeline run in two steps, as the DAG runs them, or in one call.
+"""A pipeline run in one process: in two steps or in one call. (The DAG splits training
+over TRAINING_TASKS mapped tasks: app.pipeline.mapped, built on the pieces here.)
 
 - `train_and_log`: train and evaluate every candidate under one parent run (a child run per
   candidate), choose the champion and log its model. Returns a TrainedRun, which is plain data
@@ -31,10 +32,10 @@ from app.pipeline.candidates import (
     parse_overrides,
     prepare_for_serving,
 )
-from app.pipeline.evaluate import MB, Evaluation, evaluate, fit
+from app.pipeline.evaluate import Evaluation, evaluate, fit
 from app.pipeline.features import batches_in, check_frame
 from app.pipeline.registry import PromotionDecision, register_and_promote
-from app.pipeline.selection import choose_champion
+from app.pipeline.selection import choose_by_settings
 from app.settings import MlflowSettings, TrainingSettings
 
 if TYPE_CHECKING:
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 # Called with (fitted champion, held-out rows, champion's run id) while that run is active,
 # before registration: e.g. app.onnx_model.log_onnx_artifacts.
 ChampionHook = Callable[["Pipeline", "pd.DataFrame", str], object]
+
+
+# On the parent run and the registered version: which candidates the champion did not face.
+FAILED_CANDIDATES_TAG = "failed_candidates"
 
 
 class CandidateFailedError(RuntimeError):
@@ -84,6 +89,8 @@ class TrainedRun:
     # Per candidate: name and its flat metrics (Evaluation.metrics()).
     candidates: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Candidates whose task failed for good: the champion was chosen among the others.
+    failed_candidates: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,18 +98,21 @@ class TrainedRun:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainedRun:
         known = {f.name for f in fields(cls)}
-        missing = known - set(data) - {"candidates", "timings"}
+        missing = known - set(data) - {"candidates", "timings", "failed_candidates"}
         if missing:
             raise ValueError(f"not a TrainedRun: missing {', '.join(sorted(missing))}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def tags(self) -> dict[str, str]:
-        return _tags(
+        tags = _tags(
             RunMetadata(self.group_number, self.batches, self.data_fingerprint, self.dag_run_id),
             self.batches,
             self.train_rows,
             self.holdout_rows,
         )
+        if self.failed_candidates:
+            tags[FAILED_CANDIDATES_TAG] = ",".join(self.failed_candidates)
+        return tags
 
 
 @dataclass(frozen=True)
@@ -214,27 +224,45 @@ def _train_candidate(
     settings: TrainingSettings,
 ) -> _Trained:
     """Fit and evaluate one candidate in its own child run of the active parent run."""
-    train, holdout = frames
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=candidate.name,
         nested=True,
         tags={**tags, "candidate": candidate.name},
-    ) as child:
-        model = candidate.build()
-        mlflow.log_params(tracking.loggable_params(model.named_steps[MODEL_STEP].get_params()))
-        try:
-            with threadpool_limits(limits=settings.n_jobs):
-                seconds = fit(model, train)
-                prepare_for_serving(model)
-                evaluation = evaluate(candidate.name, model, seconds, train, holdout)
-        except Exception as exc:
-            mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
-            raise CandidateFailedError(
-                f"candidate {candidate.name!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        tracking.log_evaluation(evaluation)
-        uri = tracking.log_model(model, holdout).model_uri if settings.log_all_models else None
+    ):
+        return fit_in_active_run(candidate, frames, settings, log_model=settings.log_all_models)
+
+
+def fit_in_active_run(
+    candidate: Candidate,
+    frames: tuple[pd.DataFrame, pd.DataFrame],
+    settings: TrainingSettings,
+    *,
+    log_model: bool,
+) -> _Trained:
+    """Fit, evaluate and log one candidate into the active run (its child run). Params
+    already on the run are not logged again: a retried task resumes its run, and MLflow
+    refuses a param whose value changed (n_jobs may differ on another worker)."""
+    train, holdout = frames
+    child = mlflow.active_run()
+    if child is None:
+        raise RuntimeError("fit_in_active_run needs an active MLflow run")
+    model = candidate.build()
+    logged = set(mlflow.get_run(child.info.run_id).data.params)
+    params = tracking.loggable_params(model.named_steps[MODEL_STEP].get_params())
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    try:
+        with threadpool_limits(limits=settings.n_jobs):
+            seconds = fit(model, train)
+            prepare_for_serving(model)
+            evaluation = evaluate(candidate.name, model, seconds, train, holdout)
+    except Exception as exc:
+        mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:5000])
+        raise CandidateFailedError(
+            f"candidate {candidate.name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    tracking.log_evaluation(evaluation)
+    uri = tracking.log_model(model, holdout).model_uri if log_model else None
     log.info(
         "%s: %s %.4f, fit %.1f s, %.2f MB",
         candidate.name,
@@ -244,6 +272,12 @@ def _train_candidate(
         evaluation.size_mb,
     )
     return _Trained(evaluation, model, child.info.run_id, uri)
+
+
+def champion_model_uri(champion: _Trained, holdout: pd.DataFrame) -> str:
+    """The champion's model URI: logged into the active run (its child run) now, unless it
+    was logged with the others' (TRAINING_LOG_ALL_MODELS), so it is logged once."""
+    return champion.model_uri or tracking.log_model(champion.model, holdout).model_uri
 
 
 def _log_champion(
@@ -259,7 +293,7 @@ def _log_champion(
     mlflow.log_text(tracking.summary_json(evaluations), "candidates.json")
     with mlflow.start_run(run_id=champion.run_id, nested=True):
         mlflow.set_tag("champion", "true")
-        uri = champion.model_uri or tracking.log_model(champion.model, holdout).model_uri
+        uri = champion_model_uri(champion, holdout)
         if champion_hook is not None:
             champion_hook(champion.model, holdout, champion.run_id)
     return uri
@@ -303,12 +337,7 @@ def _train_and_log(
             ]
             timings["candidates"] = time.perf_counter() - started
             evaluations = [t.evaluation for t in trained]
-            best = choose_champion(
-                evaluations,
-                metric=settings.metric,
-                margin=settings.promotion_margin,
-                max_bytes=int(settings.max_model_mb * MB),
-            )
+            best = choose_by_settings(evaluations, settings)
             champion = next(t for t in trained if t.evaluation is best)
             step = time.perf_counter()
             model_uri = _log_champion(champion, evaluations, holdout, champion_hook)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from app.pipeline.evaluate import MB, Evaluation
+from app.pipeline.evaluate import MB, Scores
+from app.settings import TrainingSettings
 
 # Scores are fractions of a few thousand rows; differences below this are float noise.
 _EPSILON = 1e-9
@@ -18,6 +20,21 @@ SIZE_TOLERANCE = 0.01
 
 def _tied(diff: float, margin: float) -> bool:
     return abs(diff) <= _EPSILON or abs(diff) < margin - _EPSILON
+
+
+class Ranked(Protocol):
+    """What the rule looks at: an Evaluation in one process, a candidate task's result
+    (app.pipeline.mapped.CandidateResult) when each candidate trained in its own task."""
+
+    @property
+    def candidate(self) -> str: ...
+    @property
+    def scores(self) -> Scores: ...
+    @property
+    def size_bytes(self) -> int: ...
+
+
+R = TypeVar("R", bound=Ranked)
 
 
 @dataclass(frozen=True)
@@ -50,9 +67,7 @@ def compare(
     return Verdict(False, f"worse by more than the margin: {numbers}")
 
 
-def choose_champion(
-    evaluations: Sequence[Evaluation], *, metric: str, margin: float, max_bytes: int
-) -> Evaluation:
+def choose_champion(evaluations: Sequence[R], *, metric: str, margin: float, max_bytes: int) -> R:
     """Best score among the candidates under the size cap, the smallest of those tied with it
     within the margin. If none fits under the cap, the best overall (it will be registered,
     and not promoted, so the registry shows what the cap cost)."""
@@ -62,3 +77,13 @@ def choose_champion(
     top = max(e.scores.get(metric) for e in pool)
     tied = [e for e in pool if _tied(top - e.scores.get(metric), margin)]
     return min(tied, key=lambda e: (e.size_bytes, -e.scores.get(metric)))
+
+
+def choose_by_settings(evaluations: Sequence[R], settings: TrainingSettings) -> R:
+    """choose_champion with the metric, margin and size cap of the settings (PROMOTION_*)."""
+    return choose_champion(
+        evaluations,
+        metric=settings.metric,
+        margin=settings.promotion_margin,
+        max_bytes=int(settings.max_model_mb * MB),
+    )

@@ -9,6 +9,7 @@ every step can be run and tested without a scheduler.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -151,32 +152,117 @@ def has_new_rows(report: dict[str, Any]) -> bool:
     return int(report.get("new", 0)) > 0
 
 
-def _load(config: PipelineConfig, group_number: int):  # noqa: ANN202 - (train, holdout, fp)
+class DataChangedError(RuntimeError):
+    """The stored rows differ from those the run was prepared on: a candidate trained now
+    would not be comparable with the others (another writer than store_batch, or a second
+    DAG run at once)."""
+
+
+def _snapshot(config: PipelineConfig, group_number: int):  # noqa: ANN202 - (train, holdout, fp)
+    """Both splits and their fingerprint from one snapshot of batches_db (REPEATABLE READ):
+    the split is stored with each row (by hash), so every task that reads the same
+    fingerprint trains and scores on the same rows, whichever worker it runs on."""
+    from app.batch_store.db import connect
     from app.batch_store.read import data_fingerprint, load_rows
 
-    train = load_rows(config.batches_dsn, "train", group_number=group_number)
-    holdout = load_rows(config.batches_dsn, "holdout", group_number=group_number)
-    return train, holdout, data_fingerprint(config.batches_dsn, group_number=group_number)
+    conn = connect(config.batches_dsn)
+    try:
+        conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        train = load_rows(conn, "train", group_number=group_number)
+        holdout = load_rows(conn, "holdout", group_number=group_number)
+        fingerprint = data_fingerprint(conn, group_number=group_number)
+        conn.rollback()
+    finally:
+        conn.close()
+    return train, holdout, fingerprint
+
+
+def prepare_training(
+    config: PipelineConfig, report: dict[str, Any], dag_run_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Open the run's MLflow parent run and return TRAINING_TASKS small jobs at most, one per
+    candidate at most (each job's candidate names, the parent run's id, the data fingerprint
+    and the seed): the list the training task maps over."""
+    from app.pipeline.mapped import open_parent_run
+    from app.pipeline.run import RunMetadata
+
+    group = int(report["group_number"])
+    train, holdout, fingerprint = _snapshot(config, group)
+    jobs = open_parent_run(
+        train,
+        holdout,
+        RunMetadata(group_number=group, data_fingerprint=fingerprint, dag_run_id=dag_run_id),
+        mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri),
+    )
+    log.info(
+        "parent run %s: %s",
+        jobs[0].parent_run_id,
+        ", ".join(f"job {i}: {job.name}" for i, job in enumerate(jobs)),
+    )
+    return [job.to_dict() for job in jobs]
+
+
+def train_candidate(
+    config: PipelineConfig, job: dict[str, Any], *, last_try: bool = True
+) -> list[dict[str, Any]]:
+    """Train and log the job's candidates on the rows the run was prepared on. last_try: the
+    task has no retry left, so candidates that failed are left out instead of raising
+    (app.pipeline.mapped.train_job)."""
+    from app.pipeline.mapped import TrainingJob, train_job
+
+    training = TrainingJob.from_dict(job)
+    if training.group_number is None:
+        raise ValueError("a pipeline job names its group")
+    train, holdout, fingerprint = _snapshot(config, training.group_number)
+    if fingerprint != training.data_fingerprint:
+        raise DataChangedError(
+            f"batches_db holds other rows (fingerprint {fingerprint[:12]}) than the run was"
+            f" prepared on ({str(training.data_fingerprint)[:12]})"
+        )
+    results = train_job(
+        training,
+        train,
+        holdout,
+        last_try=last_try,
+        mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri),
+    )
+    return [result.to_dict() for result in results]
+
+
+def pick_champion(
+    config: PipelineConfig,
+    jobs: Sequence[dict[str, Any]],
+    results: Iterable[Sequence[dict[str, Any]]],
+) -> dict[str, Any]:
+    """Choose the champion among the candidates that trained (results: each training task's
+    list, flattened here), log it (with its ONNX form) and close the parent run; the result
+    is what register_and_promote takes."""
+    from app.batch_store.read import load_rows
+    from app.onnx_model import log_onnx_artifacts
+    from app.pipeline.mapped import CandidateResult, TrainingJob
+    from app.pipeline.mapped import pick_champion as pick
+
+    training = [TrainingJob.from_dict(j) for j in jobs]
+    holdout = load_rows(config.batches_dsn, "holdout", group_number=training[0].group_number)
+    trained = pick(
+        training,
+        [CandidateResult.from_dict(r) for task in results for r in task],
+        holdout,
+        mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri),
+        champion_hook=log_onnx_artifacts,
+    )
+    return trained.to_dict()
 
 
 def train_and_evaluate(
     config: PipelineConfig, report: dict[str, Any], dag_run_id: str | None = None
 ) -> dict[str, Any]:
-    """Train every candidate on all training rows of the group so far, evaluate on the
-    held-out rows, log everything to MLflow and log the champion's model."""
-    from app.onnx_model import log_onnx_artifacts
-    from app.pipeline.run import RunMetadata, train_and_log
-
-    group = int(report["group_number"])
-    train, holdout, fingerprint = _load(config, group)
-    trained = train_and_log(
-        train,
-        holdout,
-        RunMetadata(group_number=group, data_fingerprint=fingerprint, dag_run_id=dag_run_id),
-        mlflow_settings=MlflowSettings(tracking_uri=config.mlflow_tracking_uri),
-        champion_hook=log_onnx_artifacts,
-    )
-    return trained.to_dict()
+    """prepare_training, train_candidate for each job and pick_champion, one after the other
+    in this process (benchmarks/pipeline_bench.py): what the DAG's tasks do, unparallelised.
+    Each job gets its one try (last_try), as a task with no retries would."""
+    jobs = prepare_training(config, report, dag_run_id=dag_run_id)
+    results = [train_candidate(config, job) for job in jobs]
+    return pick_champion(config, jobs, results)
 
 
 def register_and_promote(config: PipelineConfig, trained: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cloudpickle
 import mlflow
@@ -193,7 +193,15 @@ def log_model(model: Pipeline, holdout: pd.DataFrame) -> ModelInfo:
     )
 
 
-def summary_json(evaluations: list[Evaluation]) -> str:
+class Summarised(Protocol):
+    """An Evaluation, or a candidate task's result (app.pipeline.mapped.CandidateResult)."""
+
+    @property
+    def candidate(self) -> str: ...
+    def metrics(self) -> dict[str, float]: ...
+
+
+def summary_json(evaluations: Sequence[Summarised]) -> str:
     rows = [
         {"candidate": e.candidate, **{k: round(v, 6) for k, v in e.metrics().items()}}
         for e in evaluations
