@@ -6,7 +6,7 @@ runs app.pipeline.steps for each batch exactly as the DAG's tasks call them, tim
 
     fetch -> store -> train_and_evaluate -> register_and_promote
 
-(train_and_evaluate is the DAG's prepare_training, train_candidate for each candidate and
+(train_and_evaluate is the DAG's prepare_training, train_candidate for each job and
 pick_champion, one after the other in this process: the mapped tasks' code, unparallelised.)
 
 and records per batch: rows fetched / stored, training and held-out rows, the champion's
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +42,9 @@ from app.pipeline.steps import (  # noqa: E402
     store_batch,
     train_and_evaluate,
 )
-from tests.mlflow_server import mlflow_server  # noqa: E402
+from tests.mlflow_server import MlflowServer, mlflow_server  # noqa: E402
 from tests.servers import (  # noqa: E402
+    PostgresServer,
     free_port,
     mysql_server,
     postgres_server,
@@ -81,9 +83,13 @@ def data_api(base: Path, interval: float):
         proc.wait(10)
 
 
-def run(interval: float) -> list[dict[str, object]]:
-    results: list[dict[str, object]] = []
-    with tempfile.TemporaryDirectory(prefix="pipeline-bench-") as tmp:
+@contextlib.contextmanager
+def backends(
+    interval: float, prefix: str
+) -> Iterator[tuple[Path, PostgresServer, MlflowServer, str]]:
+    """What the pipeline talks to, started as the tests start it, in a temporary directory:
+    (that directory, PostgreSQL, `mlflow server` on MariaDB and S3, the data API's URL)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         base = Path(tmp)
         base.chmod(0o755)
         with (
@@ -95,52 +101,58 @@ def run(interval: float) -> list[dict[str, object]]:
         ):
             for name in [n for n in os.environ if n.startswith("AWS_")]:
                 del os.environ[name]  # the pipeline reaches S3 only through MLflow's proxy
-            config = PipelineConfig(
-                batches_dsn=pg.create_database("batches_db"),
-                data_api_url=api_url,
-                group_number=1,
-                mlflow_tracking_uri=mlflow.tracking_uri,
-                inference_api_url=None,
+            yield base, pg, mlflow, api_url
+
+
+def run(interval: float) -> list[dict[str, object]]:
+    results: list[dict[str, object]] = []
+    with backends(interval, "pipeline-bench-") as (_, pg, mlflow, api_url):
+        config = PipelineConfig(
+            batches_dsn=pg.create_database("batches_db"),
+            data_api_url=api_url,
+            group_number=1,
+            mlflow_tracking_uri=mlflow.tracking_uri,
+            inference_api_url=None,
+        )
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow.tracking_uri
+        started = time.monotonic()
+        for batch in range(1, 11):
+            # Wait for the data API's clock to reach this batch (group starts at 1st fetch).
+            if batch > 1:
+                due = started + (batch - 1) * interval
+                time.sleep(max(0.0, due - time.monotonic()) + 0.05)
+            row: dict[str, object] = {"batch": batch}
+            t = time.perf_counter()
+            fetched = fetch_batch(config)
+            row["fetch_s"] = time.perf_counter() - t
+            if batch == 1:
+                started = time.monotonic()
+            assert fetched["status"] == "new", fetched
+            assert fetched["batch_number"] == batch, (fetched["batch_number"], batch)
+            t = time.perf_counter()
+            report = store_batch(config, fetched)
+            row["store_s"] = time.perf_counter() - t
+            row["rows"] = report["received"]
+            row["new"] = report["new"]
+            t = time.perf_counter()
+            trained = train_and_evaluate(config, report, dag_run_id=f"bench-{batch}")
+            row["train_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            decision = register_and_promote(config, trained)
+            row["promote_s"] = time.perf_counter() - t
+            row["total_s"] = sum(
+                float(row[k]) for k in ("fetch_s", "store_s", "train_s", "promote_s")
             )
-            os.environ["MLFLOW_TRACKING_URI"] = mlflow.tracking_uri
-            started = time.monotonic()
-            for batch in range(1, 11):
-                # Wait for the data API's clock to reach this batch (group starts at 1st fetch).
-                if batch > 1:
-                    due = started + (batch - 1) * interval
-                    time.sleep(max(0.0, due - time.monotonic()) + 0.05)
-                row: dict[str, object] = {"batch": batch}
-                t = time.perf_counter()
-                fetched = fetch_batch(config)
-                row["fetch_s"] = time.perf_counter() - t
-                if batch == 1:
-                    started = time.monotonic()
-                assert fetched["status"] == "new", fetched
-                assert fetched["batch_number"] == batch, (fetched["batch_number"], batch)
-                t = time.perf_counter()
-                report = store_batch(config, fetched)
-                row["store_s"] = time.perf_counter() - t
-                row["rows"] = report["received"]
-                row["new"] = report["new"]
-                t = time.perf_counter()
-                trained = train_and_evaluate(config, report, dag_run_id=f"bench-{batch}")
-                row["train_s"] = time.perf_counter() - t
-                t = time.perf_counter()
-                decision = register_and_promote(config, trained)
-                row["promote_s"] = time.perf_counter() - t
-                row["total_s"] = sum(
-                    float(row[k]) for k in ("fetch_s", "store_s", "train_s", "promote_s")
-                )
-                row["train_rows"] = trained.get("train_rows")
-                row["holdout_rows"] = trained.get("holdout_rows")
-                row["champion"] = trained.get("champion")
-                row["accuracy"] = trained.get("accuracy")
-                row["macro_f1"] = trained.get("macro_f1")
-                row["size_mb"] = int(trained["size_bytes"]) / 1e6
-                row["promoted"] = decision.get("promoted")
-                row["version"] = decision.get("version")
-                results.append(row)
-                print(json.dumps(row, default=str), flush=True)
+            row["train_rows"] = trained.get("train_rows")
+            row["holdout_rows"] = trained.get("holdout_rows")
+            row["champion"] = trained.get("champion")
+            row["accuracy"] = trained.get("accuracy")
+            row["macro_f1"] = trained.get("macro_f1")
+            row["size_mb"] = int(trained["size_bytes"]) / 1e6
+            row["promoted"] = decision.get("promoted")
+            row["version"] = decision.get("version")
+            results.append(row)
+            print(json.dumps(row, default=str), flush=True)
     return results
 
 

@@ -102,10 +102,11 @@ def forest_cover_mlops_pipeline() -> None:
         last_try = context["ti"].try_number > context["task"].retries
         return step(_config(), job, last_try=last_try)
 
-    # Waits for every candidate, retries included, and runs when at least one upstream
-    # succeeded (prepare_training counts): a candidate that failed for good is left out and
-    # named on the parent run and the version; with none trained it fails the run, after
-    # marking the parent run FAILED. Either way nothing is registered from a half-run.
+    # Waits for every training task, retries included, and runs when at least one upstream
+    # succeeded (prepare_training counts): a candidate that failed for good (in a task that
+    # failed, or left out by its task's last try) is named on the parent run and the version;
+    # with none trained it fails the run, after marking the parent run FAILED. Either way
+    # nothing is registered from a half-run.
     @task(
         execution_timeout=timedelta(minutes=10),
         trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,

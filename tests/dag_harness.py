@@ -29,23 +29,28 @@ def airflow_home(postgres: PostgresServer, server_root: Path) -> dict[str, str]:
     """An Airflow home whose metadata lives in the test PostgreSQL, migrated once."""
     home = server_root / "airflow"
     home.mkdir(exist_ok=True)
-    dsn = postgres.create_database("airflow_meta")
-    env = {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": dsn.replace(
-            "postgresql://", "postgresql+psycopg2://"
-        ),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
+    env = airflow_env(home, postgres.create_database("airflow_meta"))
     result = subprocess.run(
         [AIRFLOW, "db", "migrate"], env={**base_env(), **env}, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return env
+
+
+def airflow_env(home: Path, dsn: str, repo: Path = REPO_ROOT) -> dict[str, str]:
+    """Airflow with the LocalExecutor, its metadata in the PostgreSQL database `dsn`, the
+    DAGs and the app of checkout `repo`."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": dsn.replace(
+            "postgresql://", "postgresql+psycopg2://"
+        ),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(repo / "dags"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "PYTHONPATH": str(repo),
+    }
 
 
 def base_env() -> dict[str, str]:

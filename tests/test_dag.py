@@ -411,22 +411,29 @@ def _with_bad_params(env: dict[str, str], bad: dict[str, dict[str, object]]) -> 
     return {**env, "TRAINING_PARAM_OVERRIDES": json.dumps(params)}
 
 
-def test_a_candidate_that_fails_for_good_is_left_out_and_the_others_compete(
-    pipeline_env: dict[str, str], mlflow_server: MlflowServer, scripted_api: ScriptedServer
-) -> None:
+def _run_with_logistic_regression_failing(
+    pipeline_env: dict[str, str], scripted_api: ScriptedServer, group: int, training_tasks: int
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """One DAG run on a fresh group's 600 rows, logistic_regression failing in every try."""
     scripted_api.replies = [
-        Reply(body={"group_number": 5, "batch_number": 1, "data": sample_rows(0, 600)})
+        Reply(body={"group_number": group, "batch_number": 1, "data": sample_rows(0, 600)})
     ]
     env = _with_bad_params(
         {
             **pipeline_env,
             "DATA_API_URL": scripted_api.url,
-            "DATA_API_GROUP": "5",
-            "TRAINING_TASKS": "4",
+            "DATA_API_GROUP": str(group),
+            "TRAINING_TASKS": str(training_tasks),
         },
         {"logistic_regression": {"max_iter": -1}},
     )
-    outcome = run_dag(env)
+    return env, run_dag(env)
+
+
+def test_a_candidate_that_fails_for_good_is_left_out_and_the_others_compete(
+    pipeline_env: dict[str, str], mlflow_server: MlflowServer, scripted_api: ScriptedServer
+) -> None:
+    env, outcome = _run_with_logistic_regression_failing(pipeline_env, scripted_api, 5, 4)
     mapped = {m["name"]: m for m in outcome["mapped"]["train_candidate"]}
     assert mapped["logistic_regression"]["state"] == "failed", outcome["log"][-6000:]
     assert mapped["logistic_regression"]["try_number"] == 2, "retried once, then failed"
@@ -465,19 +472,7 @@ def test_a_candidate_failing_inside_a_task_retries_it_and_then_leaves_it_out(
     # trains both and fails (a retry is left); the retry, the last try, trains only
     # logistic_regression again (extra_trees' finished child run is reused), fails it again
     # and returns extra_trees' result, so the task succeeds and the picker names the failure.
-    scripted_api.replies = [
-        Reply(body={"group_number": 6, "batch_number": 1, "data": sample_rows(0, 600)})
-    ]
-    env = _with_bad_params(
-        {
-            **pipeline_env,
-            "DATA_API_URL": scripted_api.url,
-            "DATA_API_GROUP": "6",
-            "TRAINING_TASKS": "2",
-        },
-        {"logistic_regression": {"max_iter": -1}},
-    )
-    outcome = run_dag(env)
+    env, outcome = _run_with_logistic_regression_failing(pipeline_env, scripted_api, 6, 2)
     assert outcome["state"] == "success", outcome["log"][-6000:]
     mapped = outcome["mapped"]["train_candidate"]
     assert [(m["name"], m["state"], m["try_number"]) for m in mapped] == [
