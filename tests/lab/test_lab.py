@@ -20,9 +20,13 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("MLOPS_TEST_LAB") != "1", reason="the lab: make test-lab (MLOPS_TEST_LAB=1)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("MLOPS_TEST_LAB") != "1", reason="the lab: make test-lab (MLOPS_TEST_LAB=1)"
+    ),
+    # A fresh lab (rootfs, three provisionings) takes longer than the suite's 600 s.
+    pytest.mark.timeout(3600),
+]
 
 LAB = REPO_ROOT / "scripts" / "lab.sh"
 T = TypeVar("T")
