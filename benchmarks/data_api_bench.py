@@ -38,11 +38,12 @@ import msgspec
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from report import DOC, write_results  # noqa: E402
+
 from app.data_api.dataset import batch_bounds, load_dataset  # noqa: E402
 from app.data_api.responses import data_body  # noqa: E402
 
 DATASET = REPO_ROOT / "data" / "covertype.csv.gz"
-DOC = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "## Data API"
 COMMAND = "make bench  # = .venv/bin/python benchmarks/data_api_bench.py"
 
@@ -260,8 +261,6 @@ def render(
     naive = floors[3]
     speed = loaded.requests_per_s / floor.per_s
     lines = [
-        SECTION,
-        "",
         f"- Date: {dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         f"- Machine: {machine()}",
         f"- Load average (1/5/15 min) when the run started: {load_before}",
@@ -337,22 +336,6 @@ def render(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or add) the Data API section, leaving every other section as it is."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nEach section is rewritten by the command it names.\n"
-    )
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(new.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per run")
@@ -409,7 +392,7 @@ def main() -> None:
     print()
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_results(SECTION, text)
         print(f"written to {DOC.relative_to(REPO_ROOT)}")
 
 

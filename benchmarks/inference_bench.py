@@ -47,10 +47,11 @@ from litestar import post as post_route
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from report import DOC, write_results  # noqa: E402
+
 from app.covertype import FEATURE_COLUMNS, TARGET_COLUMN  # noqa: E402
 
 DATASET = REPO_ROOT / "data" / "covertype.csv.gz"
-DOC = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "## Inference API"
 COMMAND = ".venv/bin/python benchmarks/inference_bench.py"
 MODEL_NAME = "forest-cover"
@@ -496,8 +497,6 @@ def render(
 
     ours, theirs, bare = OURS, THEIRS, BARE
     lines = [
-        SECTION,
-        "",
         f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",
         f"- Load average (1/5/15 min) when the run started: {load_avg}",
@@ -580,22 +579,6 @@ def render(
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    """Replace (or add) the Inference API section, leaving every other section as it is."""
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    current = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nEach section is rewritten by the command it names.\n"
-    )
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(current):
-        new = pattern.sub(lambda _: text + "\n", current, count=1)
-    else:
-        new = current.rstrip("\n") + "\n\n" + text + "\n"
-    DOC.write_text(new.rstrip("\n") + "\n")
 
 
 def measure(served: Served, rows: list[dict[str, object]], args: argparse.Namespace,
@@ -687,7 +670,7 @@ def main() -> None:
     print()
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_results(SECTION, text)
         print(f"written to {DOC.relative_to(REPO_ROOT)}")
     if any(r.errors != "none" for r in results):
         raise SystemExit("some requests failed: see the errors column")

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import secrets
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from report import write_results  # noqa: E402
 
 from app.pipeline.steps import (  # noqa: E402
     PipelineConfig,
@@ -52,7 +53,6 @@ from tests.servers import (  # noqa: E402
     wait_for,
 )
 
-DOCS = REPO_ROOT / "docs" / "benchmarks.md"
 SECTION = "## Pipeline"
 
 
@@ -177,14 +177,6 @@ def table(results: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
-    text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{body}\n\n"
-    text = pattern.sub(section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    DOCS.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", type=float, default=45.0, help="data API batch interval")
@@ -208,7 +200,7 @@ def main() -> int:
     )
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_results(SECTION, body)
     return 0
 
 
