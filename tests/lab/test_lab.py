@@ -57,8 +57,13 @@ def can_connect(client: str, server: str, port: int) -> bool:
 @pytest.fixture(scope="module")
 def lab() -> None:
     if os.environ.get("MLOPS_LAB_REUSE") != "1":
+        started = time.monotonic()
         result = subprocess.run([str(LAB), "up"], capture_output=True, text=True, timeout=3600)
+        # What lab.sh printed (boot time, provisioning recaps) is kept for the notes.
+        MEASURED.parent.mkdir(exist_ok=True)
+        MEASURED.with_name("lab-up.log").write_text(result.stdout + result.stderr)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+        record(lab_up_seconds=round(time.monotonic() - started, 1))
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))
