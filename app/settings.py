@@ -193,6 +193,14 @@ class InferenceSettings:
         default_factory=lambda: _env_int("INFERENCE_MLFLOW_HTTP_TIMEOUT", 60, minimum=1)
     )
     access_log: bool = field(default_factory=lambda: _env_bool("INFERENCE_ACCESS_LOG", False))
+    # uvicorn worker processes. Each holds the model and follows the alias; one process's
+    # Python work is bound to one core by the GIL, so single-row requests need 2 to use a
+    # second core (docs/benchmarks.md, "Inference API").
+    workers: int = field(default_factory=lambda: _env_int("INFERENCE_WORKERS", 1, minimum=1))
+    # Where an explicit reload (POST /model/reload) is written for the API's other worker
+    # processes, which follow it within TARGET_CHECK_SECONDS (app.inference.model_holder).
+    # None: one process, nothing shared. `python -m app.inference` sets one when workers > 1.
+    target_file: str | None = field(default_factory=lambda: _env_optional("INFERENCE_TARGET_FILE"))
     # Bearer token of the requests that change state (POST /model/reload). None: they are
     # refused (401) to everyone; the platform always sets one.
     admin_token: str | None = field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import operator
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from app.inference.registry import (
     NotFound,
     RegistryError,
     Unreachable,
+    configure_mlflow_client,
 )
 from app.inference.schemas import (
     CLASS_NAMES,
@@ -396,3 +398,14 @@ def create_app(
             components=Components(security_schemes=auth.SECURITY_SCHEMES),
         ),
     )
+
+
+def app_from_environment() -> Litestar:
+    """The app as each server process builds it (`python -m app.inference`, one per uvicorn
+    worker): settings from the environment, logging to stderr (the journal)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = InferenceSettings()
+    configure_mlflow_client(settings)
+    return create_app(settings)

@@ -5,12 +5,19 @@ it once and answers every row with that object, so a swap in the middle of a req
 nothing for it. A failed load leaves `current` alone and records why; /model then names the
 version the alias points to, that it could not be loaded, and the version still serving
 (`notice`), so an alias moved to a version whose artifacts are gone never takes the API down.
+
+With several worker processes (INFERENCE_WORKERS), an explicit reload reaches only the process
+that got the request. That process writes what it now serves from (alias or pinned version) to
+the settings' target file, and every other process applies the same reload within
+TARGET_CHECK_SECONDS, so a pin never answers from one version here and another there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +40,9 @@ log = logging.getLogger(__name__)
 # After a version fails to load, the watcher waits before trying that same version again,
 # doubling up to this cap: a broken 400 MB model is not downloaded every few seconds.
 MAX_RETRY_DELAY_SECONDS = 300.0
+# How often a worker process looks at the shared target file (one stat call): how long the
+# other processes may still answer from the previous target after an explicit reload.
+TARGET_CHECK_SECONDS = 0.5
 
 
 @dataclass
@@ -58,6 +68,8 @@ class ModelHolder:
         # Why the last version that failed to load did (cleared by a successful swap).
         self._failure_reason: str | None = None
         self._lock = asyncio.Lock()
+        # The shared target this process last applied or wrote (see _sync_target).
+        self._target_seen: bytes | None = None
 
     # --- state changes ----------------------------------------------------------------------
 
@@ -135,9 +147,54 @@ class ModelHolder:
             await self._swap(model)
 
     async def run_watcher(self) -> None:
+        if self.settings.target_file is None:
+            while True:
+                await self.check()
+                await asyncio.sleep(self.settings.poll_interval_seconds)
+        next_check = 0.0
         while True:
-            await self.check()
-            await asyncio.sleep(self.settings.poll_interval_seconds)
+            await self._sync_target()
+            if time.monotonic() >= next_check:
+                await self.check()
+                next_check = time.monotonic() + self.settings.poll_interval_seconds
+            await asyncio.sleep(min(TARGET_CHECK_SECONDS, self.settings.poll_interval_seconds))
+
+    # --- the target shared by the worker processes ----------------------------------------
+
+    def _read_target(self) -> bytes | None:
+        try:
+            with open(self.settings.target_file or "", "rb") as target:
+                return target.read()
+        except FileNotFoundError:
+            return None
+
+    def _write_target(self) -> None:
+        """Record this process's target for the others: atomically, so none reads half."""
+        path = self.settings.target_file
+        if path is None:
+            return
+        body = json.dumps(
+            {"alias": self.alias, "version": self.pinned_version, "written_ns": time.time_ns()}
+        ).encode()
+        temporary = f"{path}.{os.getpid()}"
+        with open(temporary, "wb") as target:
+            target.write(body)
+        os.replace(temporary, path)
+        self._target_seen = body
+
+    async def _sync_target(self) -> None:
+        """Apply a reload another worker process made (never raises: failures are recorded
+        like the watcher's, and the target is not tried again until it changes)."""
+        body = self._read_target()
+        if body is None or body == self._target_seen:
+            return
+        self._target_seen = body
+        try:
+            target = json.loads(body)
+            await self.reload(alias=target["alias"], version=target["version"], share=False)
+        except (RegistryError, ValueError, KeyError, TypeError) as exc:
+            log.warning("keeping %s: another worker's reload did not apply here: %s",
+                        self._serving(), exc)  # fmt: skip
 
     def _serving(self) -> str:
         return f"version {self.current.version}" if self.current else "no model"
@@ -145,11 +202,12 @@ class ModelHolder:
     # --- explicit reloads ---------------------------------------------------------------------
 
     async def reload(
-        self, *, alias: str | None = None, version: str | None = None
+        self, *, alias: str | None = None, version: str | None = None, share: bool = True
     ) -> tuple[Literal["loaded", "unchanged"], LoadedModel]:
         """Load now. A version pins it (the watcher then waits until the next reload without
         one); an alias, or nothing (the configured alias), makes the watcher follow it.
-        Raises RegistryError (after recording it) when nothing could be loaded."""
+        Raises RegistryError (after recording it) when nothing could be loaded. `share`: tell
+        the API's other worker processes (the target file) once it has succeeded."""
         async with self._lock:
             self.last_check_at = datetime.now(UTC)
             try:
@@ -183,6 +241,8 @@ class ModelHolder:
                 await self._swap(model)
             else:
                 self.last_error = self.last_error_at = None
+            if share:
+                self._write_target()
             return outcome, model
 
     # --- what /model and /ready say -----------------------------------------------------------

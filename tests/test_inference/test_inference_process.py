@@ -125,6 +125,50 @@ def test_process_follows_the_alias_and_stops_cleanly(
     assert f"replacing version {first.version}" in text
 
 
+def _serving_processes(url: str, want: dict[str, object], rounds: int = 40) -> set[str]:
+    """What `rounds` fresh connections to /model find: each process's loaded_at (each loaded
+    the model itself, at its own moment), for answers that match `want`; None if one does not."""
+    seen: set[str] = set()
+    for _ in range(rounds):
+        model = httpx.get(f"{url}/model").json()  # a new connection each time
+        if any(model[k] != v for k, v in want.items()):
+            return set()
+        seen.add(model["loaded_at"])
+    return seen
+
+
+def test_two_worker_processes_share_an_explicit_reload(
+    versions: Versions, tracking_uri: str, frames: Frames, tmp_path: Path
+) -> None:
+    """INFERENCE_WORKERS=2: a reload that pins a version reaches one process; the other
+    applies it from the shared target, so every answer comes from the pinned version. A reload
+    without a version sends both back to the alias."""
+    MlflowClient(tracking_uri, registry_uri=tracking_uri).set_registered_model_alias(
+        versions.name, "production", versions.forest.version
+    )
+    v1, v2 = versions.forest.version, versions.boosting.version
+    env = _env(tracking_uri, versions.name) | {"INFERENCE_WORKERS": "2"}
+    with api_process(env, tmp_path / "inference-api.log") as url:
+        wait_until(lambda: len(_serving_processes(url, {"version": v1})) == 2, "both processes")
+        pinned = httpx.post(f"{url}/model/reload", params={"version": v2}, headers=ADMIN_HEADERS)
+        assert pinned.status_code == 200, pinned.text
+        wait_until(
+            lambda: len(_serving_processes(url, {"version": v2, "pinned_version": v2})) == 2,
+            "both processes to serve the pinned version",
+        )
+        answered_by = {
+            httpx.post(f"{url}/predict", json=record(frames.holdout)).json()["model_version"]
+            for _ in range(20)
+        }
+        assert answered_by == {v2}
+        back = httpx.post(f"{url}/model/reload", headers=ADMIN_HEADERS)
+        assert back.status_code == 200, back.text
+        wait_until(
+            lambda: len(_serving_processes(url, {"version": v1, "pinned_version": None})) == 2,
+            "both processes to follow the alias again",
+        )
+
+
 # --- fuzzing ---------------------------------------------------------------------------------
 
 # The spec the process serves, built the same way at import time (it does not depend on MLflow):
